@@ -1,0 +1,92 @@
+"""The small contract every task source implements.
+
+A source hands out tasks (``claim``) and takes back their fate
+(``complete``, ``retry``, ``fail``, ``release``). Delivery is at-least-once:
+a task claimed by a supervisor that dies is handed out again once its
+lease runs out, so handlers must be idempotent (docs/workers.md).
+
+Sources never see workers, and workers never see sources; the dispatcher
+(:mod:`workerhost.dispatch`) sits between them. Sources are passed in
+explicitly; there is no global registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from ..records import Task, TaskError
+
+
+@attrs.define(kw_only=True)
+class Claimed:
+    """A task this supervisor holds, plus the source's handle on it."""
+
+    task: Task
+    #: Source-specific receipt: a lease token, a stream entry id, a message.
+    receipt: Any = None
+
+
+@attrs.frozen(kw_only=True)
+class TaskRecord:
+    """What a producer can read back about a task."""
+
+    id: str
+    type: str
+    status: str  # pending | claimed | completed | failed | dead (source-specific extras allowed)
+    params: dict[str, Any] = attrs.field(factory=dict)
+    result: Any = None
+    error: dict[str, Any] | None = None
+    attempts: int = 0
+    progress: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@runtime_checkable
+class TaskSource(Protocol):
+    #: Short name for logs and status: "embedded", "http", "redis", "amqp".
+    kind: str
+    #: True when ``retry`` can hold a delayed retry durably in the source.
+    durable_retries: bool
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def claim(self, task_types: Sequence[str], limit: int) -> list[Claimed]:
+        """Claim up to ``limit`` tasks of these types; return at once (maybe empty)."""
+        ...
+
+    async def complete(self, claimed: Claimed, result: Any) -> None: ...
+
+    async def retry(self, claimed: Claimed, next_task: Task, delay: float, error: TaskError) -> None:
+        """Hand the task back for another try after ``delay`` seconds."""
+        ...
+
+    async def fail(self, claimed: Claimed, error: TaskError) -> None:
+        """The task failed for good: record it (dead-letter where the source has one)."""
+        ...
+
+    async def progress(self, claimed: Claimed, percent: int, message: str | None) -> None: ...
+
+    async def release(self, claimed: Claimed) -> None:
+        """Give an unfinished task back untouched (shutdown); it will be handed out again."""
+        ...
+
+
+@runtime_checkable
+class Producer(Protocol):
+    async def submit(
+        self, task_type: str, params: dict[str, Any], *, priority: int = 0, dedupe_key: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Enqueue a task; return its id."""
+        ...
+
+    async def get(self, task_id: str) -> TaskRecord | None: ...
+
+    async def close(self) -> None: ...
