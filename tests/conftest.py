@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKERS = Path(__file__).resolve().parent / "workers"
 SDK_DIR = ROOT / "worker_sdk"
 
-pytest_plugins = ["tests.helpers.venvs"]
+pytest_plugins = ["tests.helpers.venvs", "tests.helpers.services"]
 
 
 def namespace(name: str, function: str, *, task_types: list[str] | None = None, **extra: Any) -> dict[str, Any]:

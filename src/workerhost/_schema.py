@@ -6,6 +6,7 @@ Every accessor names the field it reads, so any error says exactly where
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 from collections.abc import Callable
@@ -69,21 +70,21 @@ def _defaulting(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Reader:
-    def __init__(self, data: Any, path: str, *, base_dir: Path) -> None:
+    def __init__(self, data: Any, path: builtins.str, *, base_dir: Path) -> None:
         if not isinstance(data, dict):
             raise ConfigError(f"must be a mapping, got {_kind(data)}", field=path or "<root>")
         self.data = data
         self.path = path
         self.base_dir = base_dir
-        self._seen: set[str] = set()
+        self._seen: set[builtins.str] = set()
 
-    def field(self, key: str) -> str:
+    def field(self, key: builtins.str) -> builtins.str:
         return _join(self.path, key)
 
-    def error(self, key: str, reason: str) -> ConfigError:
+    def error(self, key: builtins.str, reason: builtins.str) -> ConfigError:
         return ConfigError(reason, field=self.field(key))
 
-    def raw(self, key: str, default: Any = _MISSING) -> Any:
+    def raw(self, key: builtins.str, default: Any = _MISSING) -> Any:
         self._seen.add(key)
         if key not in self.data or self.data[key] is None:
             if default is _MISSING:
@@ -91,11 +92,11 @@ class Reader:
             return default
         return self.data[key]
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> builtins.bool:
         return self.data.get(key) is not None
 
     @_defaulting
-    def str(self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] | None = None) -> Any:
+    def str(self, key: builtins.str, default: Any = _MISSING, *, choices: tuple[builtins.str, ...] | None = None) -> Any:
         value = self.raw(key, default)
         if value is default and default is not _MISSING:
             return value
@@ -108,15 +109,15 @@ class Reader:
         return value
 
     @_defaulting
-    def bool(self, key: str, default: Any = _MISSING) -> Any:
+    def bool(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self.raw(key, default)
         if not isinstance(value, bool):
             raise self.error(key, f"must be true or false, got {_kind(value)}")
         return value
 
     def number(
-        self, key: str, default: Any = _MISSING, *, minimum: float | None = 0, positive: bool = False,
-        integer: bool = False,
+        self, key: builtins.str, default: Any = _MISSING, *, minimum: float | None = 0, positive: builtins.bool = False,
+        integer: builtins.bool = False,
     ) -> Any:
         value = self.raw(key, default)
         if value is default and default is None:
@@ -130,11 +131,11 @@ class Reader:
             raise self.error(key, f"must be at least {minimum}, got {value}")
         return value
 
-    def int(self, key: str, default: Any = _MISSING, **kw: Any) -> Any:
+    def int(self, key: builtins.str, default: Any = _MISSING, **kw: Any) -> Any:
         return self.number(key, default, integer=True, **kw)
 
     @_defaulting
-    def str_list(self, key: str, default: Any = _MISSING, *, non_empty: bool = False) -> Any:
+    def str_list(self, key: builtins.str, default: Any = _MISSING, *, non_empty: builtins.bool = False) -> Any:
         value = self.raw(key, default)
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise self.error(key, f"must be a list of strings, got {_kind(value)}")
@@ -143,13 +144,13 @@ class Reader:
         return list(value)
 
     @_defaulting
-    def mapping(self, key: str, default: Any = _MISSING) -> Any:
+    def mapping(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self.raw(key, default)
         if not isinstance(value, dict):
             raise self.error(key, f"must be a mapping, got {_kind(value)}")
         return value
 
-    def str_map(self, key: str) -> dict[str, str]:
+    def str_map(self, key: builtins.str) -> dict[builtins.str, builtins.str]:
         value = self.mapping(key, {})
         out = {}
         for k, v in value.items():
@@ -159,20 +160,20 @@ class Reader:
         return out
 
     @_defaulting
-    def path_(self, key: str, default: Any = _MISSING) -> Any:
+    def path_(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self.str(key, default)
         if value is None:
             return None
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else (self.base_dir / p)
 
-    def child(self, key: str, default: Any = _MISSING) -> Reader | None:
+    def child(self, key: builtins.str, default: Any = _MISSING) -> Reader | None:
         value = self.raw(key, default)
         if value is None:
             return None
         return Reader(value, self.field(key), base_dir=self.base_dir)
 
-    def convert(self, key: str, fn: Callable[[Any], T], default: Any = _MISSING) -> T:
+    def convert(self, key: builtins.str, fn: Callable[[Any], T], default: Any = _MISSING) -> T:
         value = self.raw(key, default)
         try:
             return fn(value)

@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 doc = json.loads(line)
                 jobs.append((str(doc["type"]), doc.get("params") or {}))
             except (ValueError, KeyError, TypeError) as exc:
-                raise SystemExit(f"workerhost-supervisor: stdin line {n}: expected {{\"type\", \"params\"}}: {exc}")
+                raise SystemExit(f"workerhost-supervisor: stdin line {n}: expected {{\"type\", \"params\"}}: {exc}") from exc
 
     async def go() -> int:
         async with Supervisor(config) as sup:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ import yaml
 from ._schema import Reader, expand_env
 from .errors import ConfigError
 from .limits_config import LimitsConfig, read_limits
+
+#: "package.module:attribute", as in an entry point.
+_ENTRY_POINT = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 
 #: Environment variables a worker inherits from the supervisor without being
 #: listed: enough for a Python to start and find its locale and temp dir.
@@ -110,6 +114,8 @@ class Config:
     task_manager: dict[str, Any] | None = attrs.field(default=None, repr=False)
     logging: LoggingConfig = LoggingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    #: Extra event observers, "package.module:factory" (see docs/observability.md).
+    observers: tuple[str, ...] = ()
     path: Path | None = None
 
     def namespace(self, name: str) -> NamespaceConfig:
@@ -176,10 +182,14 @@ def parse_config(
     routes = _read_routes(root, namespaces)
     logging_cfg = _read_logging(root.child("logging", {}))
     monitoring = _read_monitoring(root.child("monitoring", {}))
+    observers = tuple(root.str_list("observers", []))
+    for i, spec in enumerate(observers):
+        if not _ENTRY_POINT.fullmatch(spec):
+            raise ConfigError(f"must look like package.module:factory, got {spec!r}", field=f"observers[{i}]")
     root.finish()
     return Config(
         version=str(version), namespaces=namespaces, routes=routes, task_manager=task_manager,
-        logging=logging_cfg, monitoring=monitoring, path=path,
+        logging=logging_cfg, monitoring=monitoring, observers=observers, path=path,
     )
 
 

@@ -11,6 +11,7 @@
     │                          or its type is unknown; carries a TaskError record
     ├── NamespaceUnavailable   no worker can be had: the namespace is degraded or draining
     ├── SourceError            a task source failed (connection, auth, protocol)
+    │   └── SourceFatal        retrying cannot help (authentication failed): stop that source
     └── SupervisorClosed       the supervisor is shutting down / not started
 
 "The task raised" (TaskFailed) and "the worker died" (WorkerLost) are
@@ -69,6 +70,10 @@ class NamespaceUnavailable(WorkerHostError):
 
 class SourceError(WorkerHostError):
     pass
+
+
+class SourceFatal(SourceError):
+    """The source refuses us for good (bad credentials): stop polling it rather than spin."""
 
 
 class SupervisorClosed(WorkerHostError):

@@ -15,8 +15,10 @@ class LimitsConfig:
     memory_soft_mb: float | None = None
     #: Kill the worker at once when it passes this much (MiB) while a task runs.
     memory_hard_mb: float | None = None
-    #: Seconds between psutil samples of a busy worker.
+    #: Seconds between psutil samples of a busy worker (when a hard memory or CPU limit is set).
     sample_interval: float = 0.5
+    #: Seconds between samples of idle workers, and of busy ones when nothing can kill them mid-task.
+    idle_sample_interval: float = 5.0
     #: CPU seconds (user + system, whole tree) one task may use.
     cpu_time_limit: float | None = None
     #: Sustained CPU percent (of one core) above which a task is stopped...
@@ -39,6 +41,7 @@ def read_limits(r: Reader | None) -> LimitsConfig:
         memory_soft_mb=r.number("memory_soft_mb", None, positive=True),
         memory_hard_mb=r.number("memory_hard_mb", None, positive=True),
         sample_interval=r.number("sample_interval", 0.5, positive=True),
+        idle_sample_interval=r.number("idle_sample_interval", 5.0, positive=True),
         cpu_time_limit=r.number("cpu_time_limit", None, positive=True),
         cpu_percent_limit=r.number("cpu_percent_limit", None, positive=True),
         cpu_percent_window=r.number("cpu_percent_window", 10.0, positive=True),

@@ -125,7 +125,7 @@ class OneshotPool:
             self.tasks_done += 1
             return Outcome(result=doc.get("result"), namespace=self.ns.name, worker_pid=pid,
                            duration=time.monotonic() - started)
-        err = doc.get("error") if doc and isinstance(doc.get("error"), dict) else {}
+        err: dict[str, Any] = doc["error"] if doc and isinstance(doc.get("error"), dict) else {}
         if code == 0:
             return self._fail(task, "WorkerProtocolError", "exit code 0 without a JSON result on stdout",
                               kind=FailureKind.WORKER_LOST, started=started, pid=pid)

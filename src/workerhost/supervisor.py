@@ -14,7 +14,9 @@ next, so that a delayed retry can live in the source and survive a restart.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +24,8 @@ from . import events as ev
 from .config import Config, NamespaceConfig
 from .errors import SupervisorClosed
 from .logobserver import LoggingObserver
+from .metrics import Metrics
+from .observers import load_observers
 from .oneshot import OneshotPool
 from .pool import Pool, PoolState
 from .records import FailureKind, Outcome, Task, TaskError, TaskResult, TaskStatus
@@ -36,6 +40,12 @@ class Supervisor:
         self.bus = ev.EventBus([LoggingObserver()] if log_events else [])
         for observer in observers:
             self.bus.subscribe(observer)
+        #: Prometheus metrics (own registry per supervisor), served by the control server.
+        self.metrics = Metrics(task_types=config.routes, snapshot=self.snapshot)
+        self.bus.subscribe(self.metrics)
+        for observer in load_observers(config.observers):
+            self.bus.subscribe(observer)
+        self.retried: Counter[str] = Counter()
         self.pools: dict[str, Pool | OneshotPool] = {}
         self.started_at: float | None = None
         self._closed = False
@@ -153,6 +163,7 @@ class Supervisor:
 
     def report_retry(self, task: Task, outcome: Outcome, decision: Decision) -> None:
         assert outcome.error is not None
+        self.retried[outcome.namespace or "none"] += 1
         self.bus.emit(ev.TaskRetried(namespace=outcome.namespace, task_id=task.id, task_type=task.type,
                                      attempt=task.attempt, error=outcome.error, delay=decision.delay))
 
@@ -170,6 +181,8 @@ class Supervisor:
         now = time.monotonic()
         namespaces = []
         for name, pool in self.pools.items():
+            limits = getattr(pool, "limits", None)
+            recycle_reason = getattr(pool, "recycle_reason", lambda w: None)
             workers = [
                 {
                     "pid": w.pid,
@@ -180,6 +193,8 @@ class Supervisor:
                     "task_running_for": round(now - w.task_started_at, 3) if w.task_started_at else None,
                     "python": w.hello.get("python"),
                     "last_stop_reason": w.stop_reason,
+                    "recycle_reason": recycle_reason(w),
+                    **(limits.usage(w) if limits is not None else {}),
                 }
                 for w in pool.workers
             ]
@@ -194,15 +209,30 @@ class Supervisor:
                 "queued": pool.waiting,
                 "tasks_done": pool.tasks_done,
                 "tasks_failed": pool.tasks_failed,
+                "tasks_retried": self.retried[name],
                 "restarts": dict(pool.restarts),
+                "memory_bytes": limits.total(pool.workers) if limits is not None else None,
+                "memory_metric": pool.ns.limits.memory_metric,
+                "limits": _limits_summary(pool.ns),
                 "last_error": pool.last_error,
                 "workers": workers,
             })
         return {
+            "pid": os.getpid(),
             "uptime": round(now - self.started_at, 3) if self.started_at else 0.0,
             "closed": self._closed,
             "namespaces": namespaces,
         }
+
+
+def _limits_summary(ns: NamespaceConfig) -> dict[str, Any]:
+    """The namespace's configured limits that are set (status shows them beside the figures)."""
+    keys = ("memory_soft_mb", "memory_hard_mb", "memory_budget_mb", "cpu_time_limit", "cpu_percent_limit",
+            "max_age", "idle_timeout")
+    out: dict[str, Any] = {k: getattr(ns.limits, k) for k in keys if getattr(ns.limits, k) is not None}
+    if ns.max_tasks_per_worker:
+        out["max_tasks"] = ns.max_tasks_per_worker
+    return out
 
 
 def make_pool(ns: NamespaceConfig, *, bus: ev.EventBus) -> Pool | OneshotPool:

@@ -155,6 +155,10 @@ class WorkerProcess:
                 f"protocol version mismatch: supervisor speaks v{PROTOCOL_VERSION}, worker pid {self.pid} "
                 f"(prismq-worker-sdk {hello.get('sdk')}) speaks v{hello.get('protocol')}"
             )
+        if self.state is not WorkerState.STARTING:
+            # Asked to stop (pool closing) while it was starting up.
+            await self.terminate(grace=self.ns.kill_grace, reason=self.stop_reason or "shutdown")
+            raise WorkerStartError(f"worker pid {self.pid} was stopped while starting")
         self.hello = hello
         self.ready_at = time.monotonic()
         self.last_pong = self.ready_at

@@ -23,6 +23,7 @@ import platform
 import queue
 import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -140,6 +141,7 @@ class Worker:
         self.current: Optional[Context] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._async_task: "Optional[asyncio.Task[Any]]" = None
+        self.capture: Optional[_Capture] = None
         self._wants_context = _accepts_context(handler)
         self._is_async = inspect.iscoroutinefunction(handler)
 
@@ -214,11 +216,15 @@ class Worker:
                 raise
             reply = {"op": "result", "id": task_id, "success": False, "error": describe_exception(exc)}
         finally:
-            self.current = None
             try:
                 sys.stdout.flush()
             except Exception:
                 pass
+            # Output the task wrote must reach the supervisor before its
+            # result, tagged with its id.
+            if self.capture is not None:
+                self.capture.drain()
+            self.current = None
         self._send_result(reply)
 
     def _call(self, task: Dict[str, Any], ctx: Context) -> Any:
@@ -279,35 +285,71 @@ def _accepts_context(handler: Callable[..., Any]) -> bool:
     return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
-def _capture_loop(fd: int, worker: Worker) -> None:
-    pending = b""
-    while True:
+class _Capture:
+    """Turns bytes written to fd 1 into ``log`` frames (the capture thread)."""
+
+    def __init__(self, fd: int, worker: Worker) -> None:
+        self.fd = fd
+        self.worker = worker
+        self.busy = False
+        self._pending = b""
+
+    def _unread(self) -> int:
         try:
-            data = os.read(fd, 65536)
-        except OSError:
-            return
-        if not data:
-            return
-        pending += data
-        lines = pending.split(b"\n")
-        pending = lines.pop()
-        if len(pending) > MAX_LOG_LINE:
-            lines.append(pending)
-            pending = b""
-        for line in lines:
-            ctx = worker.current
+            import fcntl
+            import termios
+
+            buf = fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0")
+            return int.from_bytes(buf, sys.byteorder)
+        except Exception:  # pragma: no cover - no FIONREAD on this platform
+            return 0
+
+    def drain(self, timeout: float = 0.5) -> None:
+        """Wait (briefly) until everything already written to fd 1 was sent.
+
+        One ioctl when nothing was printed, which is the common case.
+        """
+        deadline = time.monotonic() + timeout
+        while (self.busy or self._unread() > 0) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        if self._pending:
+            self._send(self._pending)
+            self._pending = b""
+
+    def run(self) -> None:
+        while True:
             try:
-                worker.channel.send(
-                    {
-                        "op": "log",
-                        "level": "INFO",
-                        "logger": "stdout",
-                        "message": line[:MAX_LOG_LINE].decode("utf-8", "replace"),
-                        "task_id": ctx.task_id if ctx else None,
-                    }
-                )
+                data = os.read(self.fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.busy = True
+            try:
+                chunk = self._pending + data
+                lines = chunk.split(b"\n")
+                self._pending = lines.pop()
+                if len(self._pending) > MAX_LOG_LINE:
+                    lines.append(self._pending)
+                    self._pending = b""
+                for line in lines:
+                    self._send(line)
             except (OSError, ProtocolError):
                 return
+            finally:
+                self.busy = False
+
+    def _send(self, line: bytes) -> None:
+        ctx = self.worker.current
+        self.worker.channel.send(
+            {
+                "op": "log",
+                "level": "INFO",
+                "logger": "stdout",
+                "message": line[:MAX_LOG_LINE].decode("utf-8", "replace"),
+                "task_id": ctx.task_id if ctx else None,
+            }
+        )
 
 
 def serve(
@@ -347,11 +389,13 @@ def serve(
             "codec": codec,
         }
     )
-    threading.Thread(target=_capture_loop, args=(capture_r, worker), name="stdout-capture", daemon=True).start()
+    worker.capture = _Capture(capture_r, worker)
+    threading.Thread(target=worker.capture.run, name="stdout-capture", daemon=True).start()
     threading.Thread(target=worker.read_loop, args=(proto_in, decoder), name="proto-reader", daemon=True).start()
     worker.serve_forever()
     try:
         sys.stdout.flush()
     except Exception:
         pass
+    worker.capture.drain()
     return EXIT_OK

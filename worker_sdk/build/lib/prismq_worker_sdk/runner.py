@@ -1,0 +1,401 @@
+"""The persistent worker loop: handshake, then serve tasks until told to stop.
+
+Threads, and why:
+
+- the main thread runs handlers (so signal handling and C extensions that
+  insist on the main thread behave as in a plain script);
+- a reader thread owns the protocol's input, so ``ping`` and ``cancel``
+  are answered while a handler runs, and an end of input (the supervisor
+  died) ends the process at once instead of leaving an orphan;
+- a capture thread turns whatever reaches fd 1 -- ``print()``, C code,
+  child processes -- into ``log`` frames, because the protocol channel
+  itself was moved off fd 1 before the handler was imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+import logging
+import os
+import platform
+import queue
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from . import __version__
+from .context import Context
+from .errors import TaskCancelled, TaskError
+from .loader import load_handler
+from .protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    FrameEncoder,
+    ProtocolError,
+    error_payload,
+)
+
+#: A log frame carries at most this much of one line; the rest is cut so a
+#: single enormous print() cannot make a frame the supervisor must refuse.
+MAX_LOG_LINE = 64 * 1024
+
+EXIT_OK = 0
+EXIT_HANDLER_IMPORT = 2
+EXIT_PROTOCOL = 4
+
+_SHUTDOWN = object()
+
+
+class Channel:
+    """Thread-safe frame writer over the protocol's private output fd."""
+
+    def __init__(self, fd: int, encoder: FrameEncoder) -> None:
+        self._fd = fd
+        self._encoder = encoder
+        self._lock = threading.Lock()
+
+    def send(self, message: Dict[str, Any]) -> None:
+        data = self._encoder.encode(message)
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+
+
+class _FrameLogHandler(logging.Handler):
+    def __init__(self, channel: Channel, current: "Callable[[], Optional[str]]") -> None:
+        super().__init__()
+        self._channel = channel
+        self._current = current
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)[:MAX_LOG_LINE]
+            task_id = getattr(record, "task_id", None) or self._current()
+            self._channel.send(
+                {
+                    "op": "log",
+                    "level": record.levelname,
+                    "logger": record.name,
+                    "message": message,
+                    "task_id": task_id,
+                }
+            )
+        except Exception:  # logging must never take the worker down
+            self.handleError(record)
+
+
+def _move_stdio_off_channel() -> Tuple[int, int, int]:
+    """Give the protocol private copies of fd 0/1; return (in, out, capture_r).
+
+    fd 0 becomes /dev/null so neither ``input()`` nor a child process can
+    swallow task frames; fd 1 becomes a pipe read by the capture thread.
+    """
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    capture_r, capture_w = os.pipe()
+    os.dup2(capture_w, 1)
+    os.close(capture_w)
+    sys.stdin = open(os.devnull, "r")
+    sys.stdout = io.TextIOWrapper(
+        os.fdopen(1, "wb", buffering=0, closefd=False), encoding="utf-8", errors="replace",
+        line_buffering=True,
+    )
+    return proto_in, proto_out, capture_r
+
+
+def _set_parent_death_signal() -> None:
+    """On Linux, ask the kernel to SIGKILL us when the supervisor dies.
+
+    End of input covers the usual case; this covers a handler stuck in C
+    code that never returns to read it.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:  # best effort only
+        pass
+
+
+class Worker:
+    """One persistent worker process's state; built and run by :func:`serve`."""
+
+    def __init__(self, handler: Callable[..., Any], channel: Channel) -> None:
+        self.handler = handler
+        self.channel = channel
+        self.tasks: "queue.Queue[Any]" = queue.Queue()
+        self.current: Optional[Context] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._async_task: "Optional[asyncio.Task[Any]]" = None
+        self.capture: Optional[_Capture] = None
+        self._wants_context = _accepts_context(handler)
+        self._is_async = inspect.iscoroutinefunction(handler)
+
+    # -- reader thread -------------------------------------------------
+    def read_loop(self, fd: int, decoder: FrameDecoder) -> None:
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                # The supervisor is gone or closed our input: nobody can
+                # receive a result any more, so do not finish the task.
+                os._exit(EXIT_OK)
+            try:
+                frames = decoder.feed(data)
+            except ProtocolError as exc:
+                sys.stderr.write("prismq-worker: bad frame from supervisor: %s\n" % exc)
+                sys.stderr.flush()
+                os._exit(EXIT_PROTOCOL)
+            for frame in frames:
+                self._on_frame(frame)
+
+    def _on_frame(self, frame: Dict[str, Any]) -> None:
+        op = frame["op"]
+        if op == "task":
+            self.tasks.put(frame)
+        elif op == "ping":
+            self.channel.send({"op": "pong", "seq": frame.get("seq")})
+        elif op == "cancel":
+            ctx = self.current
+            if ctx is not None and ctx.task_id == frame.get("id"):
+                ctx._request_cancel()
+                loop, task = self._loop, self._async_task
+                if loop is not None and task is not None:
+                    loop.call_soon_threadsafe(task.cancel)
+        elif op == "shutdown":
+            self.tasks.put(_SHUTDOWN)
+        # Unknown ops are ignored so a newer supervisor can add optional ones.
+
+    # -- main thread ---------------------------------------------------
+    def serve_forever(self) -> None:
+        while True:
+            frame = self.tasks.get()
+            if frame is _SHUTDOWN:
+                return
+            self.run_one(frame)
+
+    def run_one(self, frame: Dict[str, Any]) -> None:
+        task_id = str(frame.get("id"))
+        ctx = Context(
+            task_id=task_id,
+            task_type=str(frame.get("type")),
+            attempt=int(frame.get("attempt") or 1),
+            deadline=frame.get("deadline"),
+            metadata=frame.get("metadata") or {},
+            send=self.channel.send,
+            logger=logging.getLogger("prismq.task"),
+        )
+        task = {
+            "id": task_id,
+            "type": ctx.task_type,
+            "params": frame.get("params") or {},
+            "metadata": ctx.metadata,
+            "attempt": ctx.attempt,
+        }
+        self.current = ctx
+        try:
+            reply = {"op": "result", "id": task_id, "success": True, "result": self._call(task, ctx)}
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a result
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            reply = {"op": "result", "id": task_id, "success": False, "error": describe_exception(exc)}
+        finally:
+            try:
+                sys.stdout.flush()
+            except Exception:
+                pass
+            # Output the task wrote must reach the supervisor before its
+            # result, tagged with its id.
+            if self.capture is not None:
+                self.capture.drain()
+            self.current = None
+        self._send_result(reply)
+
+    def _call(self, task: Dict[str, Any], ctx: Context) -> Any:
+        args = (task, ctx) if self._wants_context else (task,)
+        if not self._is_async:
+            return self.handler(*args)
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        loop = self._loop
+        self._async_task = loop.create_task(self.handler(*args))
+        try:
+            return loop.run_until_complete(self._async_task)
+        except asyncio.CancelledError as exc:
+            raise TaskCancelled("task %s was cancelled by the supervisor" % ctx.task_id) from exc
+        finally:
+            self._async_task = None
+
+    def _send_result(self, reply: Dict[str, Any]) -> None:
+        try:
+            self.channel.send(reply)
+        except ProtocolError as exc:
+            # The handler returned something the codec cannot carry (or too
+            # big): report that as the task's failure, the worker stays up.
+            self.channel.send(
+                {
+                    "op": "result",
+                    "id": reply["id"],
+                    "success": False,
+                    "error": error_payload("ResultNotSerializable", str(exc), retry_possible=False),
+                }
+            )
+
+
+def describe_exception(exc: BaseException) -> Dict[str, Any]:
+    if isinstance(exc, TaskError):
+        retry = bool(exc.retry_possible)
+    elif isinstance(exc, SystemExit):
+        # A legacy handler that exits 2 says "not retriable", as in the design.
+        retry = exc.code != 2
+    else:
+        retry = True
+    return error_payload(
+        type(exc).__name__,
+        str(exc),
+        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        retry_possible=retry,
+    )
+
+
+def _accepts_context(handler: Callable[..., Any]) -> bool:
+    try:
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+class _Capture:
+    """Turns bytes written to fd 1 into ``log`` frames (the capture thread)."""
+
+    def __init__(self, fd: int, worker: Worker) -> None:
+        self.fd = fd
+        self.worker = worker
+        self.busy = False
+        self._pending = b""
+
+    def _unread(self) -> int:
+        try:
+            import fcntl
+            import termios
+
+            buf = fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0")
+            return int.from_bytes(buf, sys.byteorder)
+        except Exception:  # pragma: no cover - no FIONREAD on this platform
+            return 0
+
+    def drain(self, timeout: float = 0.5) -> None:
+        """Wait (briefly) until everything already written to fd 1 was sent.
+
+        One ioctl when nothing was printed, which is the common case.
+        """
+        deadline = time.monotonic() + timeout
+        while (self.busy or self._unread() > 0) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        if self._pending:
+            self._send(self._pending)
+            self._pending = b""
+
+    def run(self) -> None:
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.busy = True
+            try:
+                chunk = self._pending + data
+                lines = chunk.split(b"\n")
+                self._pending = lines.pop()
+                if len(self._pending) > MAX_LOG_LINE:
+                    lines.append(self._pending)
+                    self._pending = b""
+                for line in lines:
+                    self._send(line)
+            except (OSError, ProtocolError):
+                return
+            finally:
+                self.busy = False
+
+    def _send(self, line: bytes) -> None:
+        ctx = self.worker.current
+        self.worker.channel.send(
+            {
+                "op": "log",
+                "level": "INFO",
+                "logger": "stdout",
+                "message": line[:MAX_LOG_LINE].decode("utf-8", "replace"),
+                "task_id": ctx.task_id if ctx else None,
+            }
+        )
+
+
+def serve(
+    spec: str,
+    *,
+    codec: str = "json",
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    log_level: str = "INFO",
+) -> int:
+    """Run the persistent worker for handler ``spec`` (``module:function``)."""
+    try:
+        encoder = FrameEncoder(codec, max_frame_bytes)
+        decoder = FrameDecoder(codec, max_frame_bytes)
+    except ProtocolError as exc:
+        sys.stderr.write("prismq-worker: %s\n" % exc)
+        return EXIT_HANDLER_IMPORT
+    proto_in, proto_out, capture_r = _move_stdio_off_channel()
+    _set_parent_death_signal()
+    channel = Channel(proto_out, encoder)
+    try:
+        handler = load_handler(spec)
+    except Exception as exc:
+        channel.send({"op": "fatal", "error": describe_exception(exc)})
+        return EXIT_HANDLER_IMPORT
+    worker = Worker(handler, channel)
+    root = logging.getLogger()
+    root.handlers[:] = [_FrameLogHandler(channel, lambda: worker.current.task_id if worker.current else None)]
+    root.setLevel(log_level)
+    # hello goes out before the reader starts, so it is always the first frame.
+    channel.send(
+        {
+            "op": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "sdk": __version__,
+            "pid": os.getpid(),
+            "python": platform.python_version(),
+            "codec": codec,
+        }
+    )
+    worker.capture = _Capture(capture_r, worker)
+    threading.Thread(target=worker.capture.run, name="stdout-capture", daemon=True).start()
+    threading.Thread(target=worker.read_loop, args=(proto_in, decoder), name="proto-reader", daemon=True).start()
+    worker.serve_forever()
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    worker.capture.drain()
+    return EXIT_OK
