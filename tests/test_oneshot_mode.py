@@ -59,3 +59,18 @@ async def test_oneshot_command_with_sdk_and_timeout(make_config):
         r = await sup.run("slow", {"seconds": 30})
         assert r.error.kind is FailureKind.TIMEOUT
     assert WORKERS.exists()
+
+
+async def test_persistent_worker_without_sdk(make_config):
+    cfg = make_config([
+        namespace("raw", "x", command=[sys.executable, str(WORKERS / "raw_protocol_worker.py")]),
+        namespace("v2", "x", command=[sys.executable, str(WORKERS / "raw_protocol_worker.py")],
+                  env={"RAW_PROTOCOL": "2"}, respawn_backoff=5),
+    ])
+    async with Supervisor(cfg) as sup:
+        a = (await sup.run("raw", {"text": "hi"})).unwrap()
+        b = (await sup.run("raw", {"text": "yo"})).unwrap()
+        assert a["upper"] == "HI" and a["pid"] == b["pid"]
+        v2 = sup.pools["v2"]
+        assert v2.state.value == "degraded"
+        assert "protocol version mismatch: supervisor speaks v1" in v2.last_error and "speaks v2" in v2.last_error

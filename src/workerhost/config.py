@@ -225,11 +225,11 @@ def _read_namespace(r: Reader) -> NamespaceConfig:
         raise r.error("venv_python", "is required")
     else:
         python = Path(sys.executable)
-    needs_entry = mode == "persistent" or command is None
+    # A `command` replaces the default argv (the SDK runner, or the design's
+    # `python -m module function` in oneshot mode): workers in any language.
+    needs_entry = command is None
     module = r.str("module") if needs_entry else r.str("module", None)
     function = r.str("function") if needs_entry else r.str("function", None)
-    if command is not None and mode == "persistent":
-        raise r.error("command", "is only used with mode: oneshot")
     min_workers = r.int("min_workers", 1)
     max_workers = r.int("max_workers", max(2, min_workers), positive=True)
     if max_workers < min_workers:

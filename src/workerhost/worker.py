@@ -107,6 +107,8 @@ class WorkerProcess:
         return self.state is not WorkerState.EXITED
 
     def argv(self) -> list[str]:
+        if self.ns.command:
+            return list(self.ns.command)
         return [
             str(self.ns.python), "-m", "prismq_worker_sdk", self.ns.handler,
             "--codec", self.ns.codec, "--max-frame-bytes", str(self.ns.max_frame_bytes),
