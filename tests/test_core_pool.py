@@ -106,6 +106,10 @@ async def test_garbage_on_channel_costs_the_worker(make_config, function):
         assert r.status is TaskStatus.FAILED
         assert r.error.type == "WorkerProtocolError" and r.error.kind is FailureKind.WORKER_LOST
         assert r.attempts == 2  # first try + max_worker_lost
+        for _ in range(100):  # the second worker's exit is recorded just after the result
+            if sup.pools["bad"].restarts["protocol_error"] == 2:
+                break
+            await asyncio.sleep(0.02)
         assert sup.pools["bad"].restarts["protocol_error"] == 2
         assert (await sup.run("good")).ok
 
@@ -294,3 +298,41 @@ async def test_worker_notices_supervisor_death(tmp_path):
             break
         await asyncio.sleep(0.05)
     assert not any(pid_alive(p) for p in pids)
+
+
+async def test_burst_scales_up_to_max_and_not_beyond(make_config):
+    cfg = make_config([namespace("burst", "sleep", min_workers=1, max_workers=3)])
+    async with Supervisor(cfg) as sup:
+        pool = sup.pools["burst"]
+        results = await asyncio.gather(*(sup.run("burst", {"seconds": 0.3}) for _ in range(12)))
+        assert all(r.ok for r in results)
+        pids = {r.result["pid"] for r in results}
+        assert len(pids) == 3, pids
+        assert len(pool.workers) <= 3
+
+
+async def test_external_sigkill_mid_task(make_config):
+    cfg = make_config([namespace("s", "sleep", min_workers=1, max_workers=1)])
+    async with Supervisor(cfg) as sup:
+        pool = sup.pools["s"]
+        victim = pool.live[0].pid
+        job = asyncio.ensure_future(sup.run("s", {"seconds": 0.5}))
+        for _ in range(200):
+            if pool.busy:
+                break
+            await asyncio.sleep(0.01)
+        os.kill(victim, signal.SIGKILL)
+        r = await asyncio.wait_for(job, 30)
+        assert r.ok and r.attempts == 2 and r.result["pid"] != victim
+        assert pool.restarts["crash"] == 1
+        assert [w.pid for w in pool.live] == [r.result["pid"]]
+
+
+async def test_worker_that_honours_cancel_serves_again(make_config):
+    cfg = make_config([namespace("s2", "sleep", timeout=0.3, cancel_grace=3, max_retries=0, min_workers=1,
+                                 max_workers=1)])
+    async with Supervisor(cfg) as sup:
+        r = await sup.run("s2", {"seconds": 5, "cooperative": True})
+        assert r.error.kind is FailureKind.TIMEOUT
+        assert sup.pools["s2"].busy == 0
+        assert (await asyncio.wait_for(sup.run("s2", {"seconds": 0}), 5)).ok

@@ -46,7 +46,7 @@ def _parse_params(text: str) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    configure_logging(config.logging)
+    configure_logging(config)
     if args.type:
         jobs = [(args.type, _parse_params(args.params))]
     else:

@@ -22,6 +22,7 @@ import yaml
 from ._schema import Reader, expand_env
 from .errors import ConfigError
 from .limits_config import LimitsConfig, read_limits
+from .venv_config import VenvSpec, read_venv
 
 #: "package.module:attribute", as in an entry point.
 _ENTRY_POINT = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
@@ -74,6 +75,8 @@ class NamespaceConfig:
     env: dict[str, str] = attrs.field(factory=dict)
     env_passthrough: tuple[str, ...] = ()
     limits: LimitsConfig = LimitsConfig()
+    #: What ``provision`` builds the venv from; None: the venv is managed elsewhere.
+    venv: VenvSpec | None = None
 
     @property
     def handler(self) -> str:
@@ -106,6 +109,13 @@ class MonitoringConfig:
 
 
 @attrs.frozen(kw_only=True)
+class ShutdownConfig:
+    #: Seconds in-flight tasks get to finish after SIGTERM/SIGINT before they
+    #: are stopped and handed back to their source.
+    graceful_timeout: float = 30.0
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     version: str
     namespaces: tuple[NamespaceConfig, ...]
@@ -116,6 +126,7 @@ class Config:
     monitoring: MonitoringConfig = MonitoringConfig()
     #: Extra event observers, "package.module:factory" (see docs/observability.md).
     observers: tuple[str, ...] = ()
+    shutdown: ShutdownConfig = ShutdownConfig()
     path: Path | None = None
 
     def namespace(self, name: str) -> NamespaceConfig:
@@ -125,8 +136,14 @@ class Config:
         raise KeyError(name)
 
 
-def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None = None) -> Config:
-    """Read, substitute and validate a config file; raise ConfigError naming file and field."""
+def load_config(
+    path: str | os.PathLike[str], *, environ: dict[str, str] | None = None, require_venvs: bool = True
+) -> Config:
+    """Read, substitute and validate a config file; raise ConfigError naming file and field.
+
+    ``require_venvs=False`` accepts a namespace whose venv does not exist yet
+    (``provision`` creates it; ``check`` reports it per namespace).
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -136,7 +153,7 @@ def load_config(path: str | os.PathLike[str], *, environ: dict[str, str] | None 
         raise ConfigError(f"cannot read: {exc}", file=str(p)) from exc
     try:
         data = parse_text(text, suffix=p.suffix.lower())
-        return parse_config(data, base_dir=p.resolve().parent, path=p, environ=environ)
+        return parse_config(data, base_dir=p.resolve().parent, path=p, environ=environ, require_venvs=require_venvs)
     except ConfigError as exc:
         raise ConfigError(exc.reason, field=exc.field, file=str(p)) from None
 
@@ -157,7 +174,8 @@ def parse_text(text: str, *, suffix: str) -> Any:
 
 
 def parse_config(
-    data: Any, *, base_dir: Path, path: Path | None = None, environ: dict[str, str] | None = None
+    data: Any, *, base_dir: Path, path: Path | None = None, environ: dict[str, str] | None = None,
+    require_venvs: bool = True,
 ) -> Config:
     if data is None:
         raise ConfigError("the file is empty")
@@ -173,7 +191,8 @@ def parse_config(
     if not isinstance(raw_workers, list) or not raw_workers:
         raise root.error("workers", "must be a non-empty list of namespaces")
     namespaces = tuple(
-        _read_namespace(Reader(item, f"workers[{i}]", base_dir=base_dir)) for i, item in enumerate(raw_workers)
+        _read_namespace(Reader(item, f"workers[{i}]", base_dir=base_dir), require_venvs=require_venvs)
+        for i, item in enumerate(raw_workers)
     )
     names = [ns.name for ns in namespaces]
     for i, name in enumerate(names):
@@ -182,6 +201,7 @@ def parse_config(
     routes = _read_routes(root, namespaces)
     logging_cfg = _read_logging(root.child("logging", {}))
     monitoring = _read_monitoring(root.child("monitoring", {}))
+    shutdown = _read_shutdown(root.child("shutdown", {}))
     observers = tuple(root.str_list("observers", []))
     for i, spec in enumerate(observers):
         if not _ENTRY_POINT.fullmatch(spec):
@@ -189,7 +209,7 @@ def parse_config(
     root.finish()
     return Config(
         version=str(version), namespaces=namespaces, routes=routes, task_manager=task_manager,
-        logging=logging_cfg, monitoring=monitoring, observers=observers, path=path,
+        logging=logging_cfg, monitoring=monitoring, observers=observers, shutdown=shutdown, path=path,
     )
 
 
@@ -208,18 +228,24 @@ def resolve_python(p: Path) -> Path:
     return candidates[0]
 
 
-def _read_namespace(r: Reader) -> NamespaceConfig:
+def _read_namespace(r: Reader, *, require_venvs: bool = True) -> NamespaceConfig:
     name = r.str("name")
     mode = r.str("mode", "persistent", choices=("persistent", "oneshot"))
     project_path = r.path_("project_path")
     if not project_path.is_dir():
         raise r.error("project_path", f"{project_path} is not a directory")
     command = tuple(r.str_list("command", None, non_empty=True) or ()) or None
-    if r.has("venv_python"):
+    venv = read_venv(r.child("venv", None))
+    if venv is not None and not r.has("venv_python"):
+        python = resolve_python(venv.path) if venv.path.is_dir() else venv.path / "bin" / "python"
+        if require_venvs and not python.is_file():
+            raise r.error("venv.path", f"{python} does not exist (run `workerhost-supervisor provision`)")
+    elif r.has("venv_python"):
         python = resolve_python(r.path_("venv_python"))
-        if not python.is_file():
+        # Without require_venvs (provision, check) a missing venv is reported per namespace.
+        if require_venvs and not python.is_file():
             raise r.error("venv_python", f"{python} does not exist (create the venv, or run `workerhost-supervisor provision`)")
-        if not os.access(python, os.X_OK):
+        if python.is_file() and not os.access(python, os.X_OK):
             raise r.error("venv_python", f"{python} is not executable")
     elif command is None:
         raise r.error("venv_python", "is required")
@@ -258,9 +284,17 @@ def _read_namespace(r: Reader) -> NamespaceConfig:
         env=r.str_map("env"),
         env_passthrough=tuple(r.str_list("env_passthrough", [])),
         limits=read_limits(r.child("limits", {})),
+        venv=venv,
     )
     r.finish()
     return ns
+
+
+def _read_shutdown(r: Reader | None) -> ShutdownConfig:
+    assert r is not None
+    cfg = ShutdownConfig(graceful_timeout=float(r.number("graceful_timeout", 30.0)))
+    r.finish()
+    return cfg
 
 
 def _read_retry(r: Reader | None) -> RetryConfig:

@@ -20,6 +20,7 @@ from . import events as ev
 from ._tasks import TaskOwner
 from .config import NamespaceConfig
 from .errors import NamespaceUnavailable, WorkerLost, WorkerProtocolError, WorkerStartError
+from .limits import Action, LimitsMonitor, Verdict
 from .records import FailureKind, Outcome, Task, TaskError
 from .worker import WorkerProcess, WorkerState, describe_exit
 
@@ -32,6 +33,57 @@ LOST_ERROR_TYPES = {
     "cpu": ("CpuLimitExceeded", "task exceeded its CPU limit and the worker was killed"),
     "protocol_error": ("WorkerProtocolError", "worker broke the protocol and was replaced"),
 }
+
+#: Recycle reasons after which a worker takes no further task, even before
+#: its successor is warm: it already holds more memory than it should.
+RETIRE_AT_ONCE = frozenset({"memory_soft", "memory_hard"})
+
+#: Seconds between the maintenance loop's looks while something is pending
+#: (a respawn, a scale-up, a recycle) or a time-based policy is set...
+BUSY_TICK = 0.25
+#: ...and while the pool is simply warm and idle. Every pool's wake-ups add
+#: up: 50 namespaces looking 4 times a second cost an idle supervisor about
+#: 3% of a core (benchmarks/, "scale").
+IDLE_TICK = 1.0
+
+
+class _Wake:
+    """A flag the maintenance loop sleeps on, with a cheap timed wait.
+
+    ``asyncio.wait_for(event.wait(), timeout)`` starts a task per call and
+    costs ~150 µs per idle tick on a small machine: at 50 idle namespaces
+    that alone was most of the supervisor's idle CPU.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self, timeout: float) -> None:
+        """Return when set, or after ``timeout`` seconds."""
+        if self._set:
+            return
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class PoolState(enum.Enum):
@@ -63,13 +115,20 @@ class Pool:
         self._spawning = 0
         self._failure_streak = 0
         self._next_spawn_at = 0.0
-        self._wake = asyncio.Event()
+        self._wake = _Wake()
         self._log = logger.bind(namespace=ns.name)
+        self.limits = LimitsMonitor(ns.limits)
+        #: Why each worker's predecessor went (status: "last recycle reason").
+        self._lineage: dict[WorkerProcess, str] = {}
+        self._unreplaced: deque[str] = deque(maxlen=64)
+        #: Figures behind a limit kill, added to the failed task's error message.
+        self._kill_detail: dict[WorkerProcess, str] = {}
 
     # -- lifecycle -----------------------------------------------------
     async def start(self) -> None:
         """Start min_workers and the maintenance loop; returns once they tried to start."""
         self._owner.spawn(self._maintain(), name="maintain")
+        self._owner.spawn(self._limits_loop(), name="limits")
         await asyncio.gather(*(self._spawn() for _ in range(self.ns.min_workers)))
         if self.state is PoolState.STARTING:
             self.state = PoolState.OK
@@ -127,11 +186,15 @@ class Pool:
                            worker_pid=worker.pid)
         )
         started = time.monotonic()
+        self.limits.task_started(worker, task.id, started)
         try:
             outcome = await worker.run(task, timeout=self.ns.timeout)
         except (WorkerLost, WorkerProtocolError) as exc:
             reason = worker.stop_reason or "crash"
             type_, message = LOST_ERROR_TYPES.get(reason, ("WorkerLost", "worker died while running the task"))
+            detail = self._kill_detail.pop(worker, None)
+            if detail is not None:
+                message = f"{message} ({detail})"
             outcome = Outcome(
                 error=TaskError(type=type_, message=f"{message}: {exc}", kind=FailureKind.WORKER_LOST),
                 namespace=self.ns.name, worker_pid=worker.pid, duration=time.monotonic() - started,
@@ -154,7 +217,7 @@ class Pool:
                 if worker.state is WorkerState.IDLE:
                     return worker
             if self._can_grow():
-                self._owner.spawn(self._spawn(), name="scale-up")
+                self._spawn_soon(name="scale-up")
             elif self.state is PoolState.DEGRADED and not self.live and not self._spawning:
                 raise NamespaceUnavailable(f"namespace {self.ns.name} is degraded: {self.last_error}")
             fut: asyncio.Future[WorkerProcess] = asyncio.get_running_loop().create_future()
@@ -170,14 +233,21 @@ class Pool:
                     self._waiters.remove(fut)
 
     def _can_grow(self) -> bool:
-        active = len([w for w in self.workers if w.alive and w not in self._retiring]) + self._spawning
+        active = self._settled() + self._spawning
         if active >= self.ns.max_workers or time.monotonic() < self._next_spawn_at:
             return False
         return self._within_budget()
 
+    def _settled(self) -> int:
+        """Workers past their start that are not on their way out (starting ones are in ``_spawning``)."""
+        return sum(
+            1 for w in self.workers
+            if w.state in (WorkerState.IDLE, WorkerState.BUSY) and w not in self._retiring
+        )
+
     def _within_budget(self) -> bool:
-        """Hook for the memory budget (limits); True when a new worker fits."""
-        return True
+        """The memory budget (limits): True when one more worker fits."""
+        return self.limits.fits_budget(self.workers, starting=self._spawning)
 
     def _offer(self, worker: WorkerProcess) -> None:
         """Give an idle worker to the first waiting task, or park it."""
@@ -194,14 +264,23 @@ class Pool:
         reason = self._recycle_reason(worker)
         if reason is not None:
             self.recycle(worker, reason)
-        if worker in self._retiring and self._replacement_ready(worker):
+        limit = self._max_tasks.get(worker)
+        spent = limit is not None and worker.tasks_run >= limit
+        if worker in self._retiring and (
+            self._replacement_ready(worker) or self._retiring[worker] in RETIRE_AT_ONCE or spent
+        ):
             self._retire(worker)
             return
         self._offer(worker)
 
     def _recycle_reason(self, worker: WorkerProcess) -> str | None:
         limit = self._max_tasks.get(worker)
-        if limit is not None and worker.tasks_run >= limit:
+        memory = self.limits.task_finished(worker, time.monotonic())
+        if memory is not None:
+            return memory
+        # The successor is started a few tasks early, so that at the limit
+        # itself the swap costs no warm capacity; the limit stays strict.
+        if limit is not None and worker.tasks_run >= limit - max(1, limit // 5):
             return "max_tasks"
         return None
 
@@ -212,7 +291,7 @@ class Pool:
             return
         self._retiring[worker] = reason
         self._log.bind(pid=worker.pid).info("recycling worker ({})", reason)
-        self._owner.spawn(self._spawn(replacing=worker), name=f"replace-{worker.pid}")
+        self._spawn_soon(name=f"replace-{worker.pid}", replacing=worker)
 
     def _replacement_ready(self, worker: WorkerProcess) -> bool:
         return worker in self._replaced
@@ -225,17 +304,29 @@ class Pool:
         self._owner.spawn(worker.shutdown(grace=self.ns.kill_grace, reason=reason), name=f"retire-{worker.pid}")
 
     # -- spawning ----------------------------------------------------------
-    async def _spawn(self, *, replacing: WorkerProcess | None = None) -> WorkerProcess | None:
+    def _spawn_soon(self, *, name: str, replacing: WorkerProcess | None = None) -> None:
+        """Start a spawn in the background, counted at once: callers in the same
+        loop turn must see it, or concurrent scale-ups overshoot max_workers."""
         self._spawning += 1
+        self._owner.spawn(self._spawn(replacing=replacing, counted=True), name=name)
+
+    async def _spawn(self, *, replacing: WorkerProcess | None = None, counted: bool = False) -> WorkerProcess | None:
+        if not counted:
+            self._spawning += 1
+        # Read now: the predecessor may be gone (and forgotten) once we are warm.
+        predecessor = self._retiring.get(replacing) if replacing is not None else None
         worker = WorkerProcess(self.ns, on_log=self._on_log, on_progress=self._on_progress)
         self.workers.append(worker)
         try:
             await worker.start()
         except WorkerStartError as exc:
+            self._spawning -= 1
             self._start_failed(worker, exc)
             return None
-        finally:
+        except BaseException:
             self._spawning -= 1
+            raise
+        self._spawning -= 1
         jitter = random.randint(0, self.ns.max_tasks_jitter) if self.ns.max_tasks_jitter else 0
         if self.ns.max_tasks_per_worker:
             self._max_tasks[worker] = self.ns.max_tasks_per_worker + jitter
@@ -250,9 +341,15 @@ class Pool:
         if self.state in (PoolState.DRAINING, PoolState.STOPPED):
             await worker.shutdown(grace=self.ns.kill_grace, reason="shutdown")
             return None
+        if replacing is not None:
+            self._lineage[worker] = predecessor or "recycle"
+        elif self._unreplaced:
+            self._lineage[worker] = self._unreplaced.popleft()
         if replacing is not None and replacing.alive:
             self._replaced.add(replacing)
-            if replacing.state is WorkerState.IDLE:
+            # Only if parked: an idle worker outside _idle was just handed a
+            # task; _release retires it after that task.
+            if replacing in self._idle:
                 self._retire(replacing)
         self._offer(worker)
         return worker
@@ -290,10 +387,14 @@ class Pool:
             self.workers.remove(worker)
         if worker in self._idle:
             self._idle.remove(worker)
-        self._retiring.pop(worker, None)
+        replaced = self._retiring.pop(worker, None) is not None
         self._replaced.discard(worker)
         self._max_tasks.pop(worker, None)
+        self.limits.forget(worker)
+        self._lineage.pop(worker, None)
         reason = worker.stop_reason or "crash"
+        if not replaced and reason not in ("idle", "shutdown", "reload"):
+            self._unreplaced.append(reason)
         self.restarts[reason] += 1
         self.bus.emit(ev.WorkerExited(namespace=self.ns.name, worker_pid=worker.pid, reason=reason,
                                       exit_code=worker.exit_code, tasks_run=worker.tasks_run))
@@ -309,29 +410,80 @@ class Pool:
     async def _maintain(self) -> None:
         """Keep min_workers warm, ping idle workers, apply periodic policies."""
         last_ping = time.monotonic()
+        tick = BUSY_TICK
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.25)
-            except asyncio.TimeoutError:
-                pass
+            await self._wake.wait(tick)
             self._wake.clear()
             if self.state in (PoolState.DRAINING, PoolState.STOPPED):
                 return
             now = time.monotonic()
-            missing = self.ns.min_workers - len([w for w in self.workers if w.alive and w not in self._retiring])
-            missing -= self._spawning
+            missing = self.ns.min_workers - self._settled() - self._spawning
             if missing > 0 and now >= self._next_spawn_at:
                 for _ in range(missing):
-                    self._owner.spawn(self._spawn(), name="respawn")
+                    self._spawn_soon(name="respawn")
             elif self.waiting and self._can_grow():
-                self._owner.spawn(self._spawn(), name="scale-up")
+                self._spawn_soon(name="scale-up")
             if now - last_ping >= self.ns.heartbeat_interval:
                 last_ping = now
                 self._heartbeat(now)
             self.tick(now)
+            lim = self.ns.limits
+            pending = missing > 0 or self._spawning or self.waiting or self._retiring
+            tick = BUSY_TICK if pending or self.state is not PoolState.OK or lim.max_age or lim.idle_timeout \
+                else min(IDLE_TICK, self.ns.heartbeat_interval)
 
     def tick(self, now: float) -> None:
-        """Periodic policy hook (limits, idle scale-down, max age); runs every loop turn."""
+        """Periodic policies without psutil: max age and idle scale-down."""
+        active = [w for w in self.workers
+                  if w.state in (WorkerState.IDLE, WorkerState.BUSY) and w not in self._retiring]
+        surplus = len(active) - self.ns.min_workers
+        for verdict in self.limits.policies(active, now, surplus=surplus):
+            self._apply(verdict)
+
+    async def _limits_loop(self) -> None:
+        """Sample the workers' process trees (busy ones at ``sample_interval``) and act on limits."""
+        lim = self.ns.limits
+        # Busy workers are sampled every sample_interval only when a limit can
+        # kill them mid-task; otherwise every worker is sampled once per
+        # idle_interval, and a look a second is plenty (see IDLE_TICK).
+        fast = lim.memory_hard_mb or lim.cpu_time_limit or lim.cpu_percent_limit
+        period = min(lim.sample_interval, BUSY_TICK) if fast else min(self.limits.idle_interval, IDLE_TICK)
+        while True:
+            await asyncio.sleep(period)
+            if self.state in (PoolState.DRAINING, PoolState.STOPPED):
+                return
+            for verdict in self.limits.sample(list(self.workers), time.monotonic()):
+                self._apply(verdict)
+
+    def _apply(self, verdict: Verdict) -> None:
+        worker = verdict.worker
+        task_id = worker.current_task.id if worker.current_task else None
+        log = self._log.bind(pid=worker.pid, task_id=task_id)
+        if verdict.action is Action.KILL:
+            log.warning("killing worker ({}): {}", verdict.reason, verdict.detail)
+            if worker.state is WorkerState.BUSY:  # read (and dropped) by execute()
+                self._kill_detail[worker] = verdict.detail
+            if worker in self._idle:
+                self._idle.remove(worker)
+            worker.kill(verdict.reason)
+        elif verdict.action is Action.RETIRE:
+            # Only a parked worker: an idle one not in _idle is being handed a task.
+            if worker not in self._idle or worker in self._retiring:
+                return
+            log.info("retiring idle worker: {}", verdict.detail)
+            self._retiring[worker] = verdict.reason
+            self._retire(worker)
+        else:
+            if worker in self._retiring:
+                return
+            log.info("worker to be recycled ({}): {}", verdict.reason, verdict.detail)
+            self.recycle(worker, verdict.reason)
+            if verdict.reason in RETIRE_AT_ONCE and worker in self._idle:
+                self._retire(worker)  # otherwise _release retires it after its task
+
+    def recycle_reason(self, worker: WorkerProcess) -> str | None:
+        """Why the worker is being recycled, else why its predecessor was (for status)."""
+        return self._retiring.get(worker) or self._lineage.get(worker)
 
     def _heartbeat(self, now: float) -> None:
         for worker in list(self._idle):

@@ -41,7 +41,7 @@ class Supervisor:
         for observer in observers:
             self.bus.subscribe(observer)
         #: Prometheus metrics (own registry per supervisor), served by the control server.
-        self.metrics = Metrics(task_types=config.routes, snapshot=self.snapshot)
+        self.metrics = Metrics(task_types=lambda t: t in self.config.routes, snapshot=self.snapshot)
         self.bus.subscribe(self.metrics)
         for observer in load_observers(config.observers):
             self.bus.subscribe(observer)
@@ -97,6 +97,8 @@ class Supervisor:
         if rejected is not None:
             return Outcome(error=rejected)
         route = self.route(task.type)
+        # A reload may have shortened the route under a task already on it.
+        task.route_index = min(task.route_index, len(route) - 1)
         # Skip namespaces that cannot serve at all when the route has a fallback.
         while task.route_index + 1 < len(route) and self._unavailable(route[task.route_index]):
             task.route_index += 1

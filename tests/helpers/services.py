@@ -12,6 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -35,10 +36,12 @@ def _answers(host: str, port: int, probe: bytes, expect: bytes) -> str | None:
 
 
 def require(service: str) -> None:
+    url = urlsplit(REDIS_URL if service == "redis" else AMQP_URL)
+    host = url.hostname or "127.0.0.1"
     if service == "redis":
-        problem = _answers("127.0.0.1", 6379, b"PING\r\n", b"+PONG")
+        problem = _answers(host, url.port or 6379, b"PING\r\n", b"+PONG")
     else:
-        problem = _answers("127.0.0.1", 5672, b"AMQP\x00\x00\x09\x01", b"\x01")
+        problem = _answers(host, url.port or 5672, b"AMQP\x00\x00\x09\x01", b"\x01")
     if problem is None:
         return
     if os.environ.get("CI") == "true":

@@ -90,13 +90,13 @@ def fail(task):
 def fail_until(task):
     """Fails with a retriable error until the given attempt."""
     if task["attempt"] < int(task["params"]["succeed_on"]):
-        raise RetriableError("attempt %d fails" % task["attempt"])
+        raise RetriableError(f"attempt {task['attempt']} fails")
     return {"attempt": task["attempt"]}
 
 
 def progress(task, ctx):
     for pct in (25, 50, 100):
-        ctx.progress(pct, "step %d" % pct)
+        ctx.progress(pct, f"step {pct}")
     ctx.log.info("logged with the task id")
     return {"done": True}
 

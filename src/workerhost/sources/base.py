@@ -8,6 +8,20 @@ lease runs out, so handlers must be idempotent (docs/workers.md).
 Sources never see workers, and workers never see sources; the dispatcher
 (:mod:`workerhost.dispatch`) sits between them. Sources are passed in
 explicitly; there is no global registry.
+
+Error contract: a method raises :class:`~workerhost.errors.SourceError`
+(translated ``from`` the library's exception) when the source cannot be
+reached; the dispatcher logs it, backs off with jitter and calls again, so
+a source reconnects by itself on a later call (``connect`` is called once).
+:class:`~workerhost.errors.SourceFatal` (bad credentials) makes the
+dispatcher stop polling that source. A report about a task that is no
+longer ours (its lease expired and it went to someone else) is logged by
+the source and returns normally: there is nothing left to retry.
+
+Optional capabilities are separate protocols, checked with ``isinstance``:
+:class:`RenewsLeases` (the dispatcher heartbeats the claims it holds),
+:class:`Inspectable` (``tasks`` command) and :class:`DeadLetters`
+(``dead`` command).
 """
 
 from __future__ import annotations
@@ -41,6 +55,9 @@ class TaskRecord:
     error: dict[str, Any] | None = None
     attempts: int = 0
     progress: int | None = None
+    priority: int = 0
+    #: Unix time the task was created, where the source knows it.
+    created_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -90,3 +107,39 @@ class Producer(Protocol):
     async def get(self, task_id: str) -> TaskRecord | None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class RenewsLeases(Protocol):
+    """A source whose claims expire unless renewed while the task runs."""
+
+    #: Seconds between renewals (well below the lease time).
+    renew_interval: float
+
+    async def renew(self, claimed: Sequence[Claimed]) -> None:
+        """Extend the lease of every task in ``claimed``; lost leases are logged, not raised."""
+        ...
+
+
+@runtime_checkable
+class Inspectable(Protocol):
+    """A source (or producer) that can list its tasks and count them by state."""
+
+    async def list_tasks(self, *, status: str | None = None, limit: int = 100) -> list[TaskRecord]: ...
+
+    async def counts(self) -> dict[str, int]: ...
+
+
+@runtime_checkable
+class DeadLetters(Protocol):
+    """A source (or producer) with a dead-letter a user can list and requeue."""
+
+    async def dead_letters(self, *, limit: int = 100) -> list[TaskRecord]: ...
+
+    async def requeue(self, task_id: str) -> bool:
+        """Move one dead (or failed) task back to pending with fresh budgets; False if unknown."""
+        ...
+
+    async def requeue_all(self) -> int:
+        """Requeue every dead task; return how many."""
+        ...

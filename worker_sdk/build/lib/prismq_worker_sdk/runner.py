@@ -3,10 +3,13 @@
 Threads, and why:
 
 - the main thread runs handlers (so signal handling and C extensions that
-  insist on the main thread behave as in a plain script);
-- a reader thread owns the protocol's input, so ``ping`` and ``cancel``
-  are answered while a handler runs, and an end of input (the supervisor
-  died) ends the process at once instead of leaving an orphan;
+  insist on the main thread behave as in a plain script), and between
+  tasks it reads the protocol's input itself, so a task frame reaches its
+  handler with no thread hand-off on the way;
+- a watcher thread reads the input while a longer handler runs, so
+  ``ping`` and ``cancel`` are answered and an end of input (the supervisor
+  died) ends the process instead of leaving an orphan (see :mod:`._input`
+  for the hand-over between the two);
 - a capture thread turns whatever reaches fd 1 -- ``print()``, C code,
   child processes -- into ``log`` frames, because the protocol channel
   itself was moved off fd 1 before the handler was imported.
@@ -20,7 +23,6 @@ import io
 import logging
 import os
 import platform
-import queue
 import sys
 import threading
 import time
@@ -28,6 +30,8 @@ import traceback
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import __version__
+from ._input import EXIT_PROTOCOL as EXIT_PROTOCOL  # re-exported: the exit codes live together
+from ._input import Input
 from .context import Context
 from .errors import TaskCancelled, TaskError
 from .loader import load_handler
@@ -46,9 +50,7 @@ MAX_LOG_LINE = 64 * 1024
 
 EXIT_OK = 0
 EXIT_HANDLER_IMPORT = 2
-EXIT_PROTOCOL = 4
 
-_SHUTDOWN = object()
 
 
 class Channel:
@@ -137,39 +139,19 @@ class Worker:
     def __init__(self, handler: Callable[..., Any], channel: Channel) -> None:
         self.handler = handler
         self.channel = channel
-        self.tasks: "queue.Queue[Any]" = queue.Queue()
         self.current: Optional[Context] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._async_task: "Optional[asyncio.Task[Any]]" = None
         self.capture: Optional[_Capture] = None
+        self.input: Optional[Input] = None
         self._wants_context = _accepts_context(handler)
         self._is_async = inspect.iscoroutinefunction(handler)
+        self._task_logger = logging.getLogger("prismq.task")
 
-    # -- reader thread -------------------------------------------------
-    def read_loop(self, fd: int, decoder: FrameDecoder) -> None:
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                data = b""
-            if not data:
-                # The supervisor is gone or closed our input: nobody can
-                # receive a result any more, so do not finish the task.
-                os._exit(EXIT_OK)
-            try:
-                frames = decoder.feed(data)
-            except ProtocolError as exc:
-                sys.stderr.write("prismq-worker: bad frame from supervisor: %s\n" % exc)
-                sys.stderr.flush()
-                os._exit(EXIT_PROTOCOL)
-            for frame in frames:
-                self._on_frame(frame)
-
-    def _on_frame(self, frame: Dict[str, Any]) -> None:
+    def on_control(self, frame: Dict[str, Any]) -> None:
+        """A frame other than task/shutdown, on whichever thread read it."""
         op = frame["op"]
-        if op == "task":
-            self.tasks.put(frame)
-        elif op == "ping":
+        if op == "ping":
             self.channel.send({"op": "pong", "seq": frame.get("seq")})
         elif op == "cancel":
             ctx = self.current
@@ -178,17 +160,20 @@ class Worker:
                 loop, task = self._loop, self._async_task
                 if loop is not None and task is not None:
                     loop.call_soon_threadsafe(task.cancel)
-        elif op == "shutdown":
-            self.tasks.put(_SHUTDOWN)
         # Unknown ops are ignored so a newer supervisor can add optional ones.
 
     # -- main thread ---------------------------------------------------
     def serve_forever(self) -> None:
+        assert self.input is not None
         while True:
-            frame = self.tasks.get()
-            if frame is _SHUTDOWN:
+            frame = self.input.next_frame()
+            op = frame["op"]
+            if op == "task":
+                self.run_one(frame)
+            elif op == "shutdown":
                 return
-            self.run_one(frame)
+            else:
+                self.on_control(frame)
 
     def run_one(self, frame: Dict[str, Any]) -> None:
         task_id = str(frame.get("id"))
@@ -199,7 +184,7 @@ class Worker:
             deadline=frame.get("deadline"),
             metadata=frame.get("metadata") or {},
             send=self.channel.send,
-            logger=logging.getLogger("prismq.task"),
+            logger=self._task_logger,
         )
         task = {
             "id": task_id,
@@ -209,6 +194,8 @@ class Worker:
             "attempt": ctx.attempt,
         }
         self.current = ctx
+        assert self.input is not None
+        self.input.task_started()
         try:
             reply = {"op": "result", "id": task_id, "success": True, "result": self._call(task, ctx)}
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a result
@@ -225,7 +212,10 @@ class Worker:
             if self.capture is not None:
                 self.capture.drain()
             self.current = None
-        self._send_result(reply)
+        try:
+            self._send_result(reply)
+        finally:
+            self.input.task_finished()
 
     def _call(self, task: Dict[str, Any], ctx: Context) -> Any:
         args = (task, ctx) if self._wants_context else (task,)
@@ -390,8 +380,9 @@ def serve(
         }
     )
     worker.capture = _Capture(capture_r, worker)
+    worker.input = Input(proto_in, decoder, worker.on_control)
     threading.Thread(target=worker.capture.run, name="stdout-capture", daemon=True).start()
-    threading.Thread(target=worker.read_loop, args=(proto_in, decoder), name="proto-reader", daemon=True).start()
+    threading.Thread(target=worker.input.watch_forever, name="proto-watcher", daemon=True).start()
     worker.serve_forever()
     try:
         sys.stdout.flush()

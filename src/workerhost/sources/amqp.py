@@ -1,0 +1,370 @@
+"""The RabbitMQ task source (aio-pika, AMQP 0-9-1).
+
+Topology under a ``prefix`` (all durable, persistent messages, publisher confirms)::
+
+    {prefix}.task.{type}      work queue per task type (x-max-priority 10), via the default exchange
+    {prefix}.delay.{ms}       fanout exchange + queue per delay bucket: x-message-ttl = ms,
+                              dead-lettered to the default exchange with the message's own
+                              routing key, i.e. back to its work queue when the delay is over
+    {prefix}.dead             dead letters: the task, ``x-error`` and ``x-status`` headers (dead
+                              when its retries were spent, failed when it could not be retried)
+    reply_to queues           one per producer: final results and progress, correlation id = task id
+
+- claim is ``basic.get`` (pull), at most ``limit`` messages, manual ack. A
+  push consumer would hold up to its ``basic.qos`` prefetch whatever the
+  pool's state; pulling exactly what the dispatcher asks for (free worker
+  slots + its prefetch) ties the unacked count to the free slots with no
+  buffer, and a supervisor that dies hands every unacked message back to
+  the broker at once (redelivered to the other supervisors).
+- complete / retry / fail publish first (result, delayed copy, dead letter;
+  each confirmed by the broker) and ack after: a crash in between runs the
+  task again (at-least-once), never loses it.
+- A retry delay is rounded up to the next bucket of :data:`DELAY_BUCKETS`
+  (one TTL per queue, so no message waits behind a longer one).
+- release is ``nack(requeue=True)``. The broker marks a requeued message
+  "redelivered", and a redelivered message counts one more attempt: after a
+  release the attempt number may run one ahead.
+- The connection is ``connect_robust``: after a broker restart it reconnects
+  and re-declares the topology; operations fail fast (``op_timeout``) with
+  SourceError meanwhile. Messages held across the break were handed back by
+  the broker: their reports are dropped (logged) and they run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aio_pika
+import attrs
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, AuthenticationError, ChannelInvalidStateError, ProbableAuthenticationError
+from loguru import logger
+
+from workerhost._schema import Reader
+from workerhost.errors import SourceError, SourceFatal
+from workerhost.records import Task, TaskError
+from workerhost.sources._common import final_status, redact
+from workerhost.sources.base import Claimed
+
+T = TypeVar("T")
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+#: Delays (seconds) a retry can wait in the broker; a delay is rounded up to
+#: the next one (the last one caps it). Each bucket is one queue.
+DELAY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
+#: Retry delays shorter than this go straight back to the work queue.
+MIN_DELAY = 0.05
+WORK_ARGS: dict[str, Any] = {"x-max-priority": 10}
+
+
+@attrs.frozen(kw_only=True)
+class AmqpConfig:
+    #: Holds the password: kept out of repr and logs (use ``display_url``).
+    url: str = attrs.field(default=DEFAULT_URL, repr=False)
+    prefix: str = "workerhost"
+    #: A producer's reply queue (its results) is deleted after this long unused.
+    result_ttl: float = 24 * 3600.0
+    #: How long one broker operation may take before it fails (e.g. while reconnecting).
+    op_timeout: float = 10.0
+
+    @property
+    def display_url(self) -> str:
+        return redact(self.url)
+
+
+def read_config(reader: Reader) -> AmqpConfig:
+    """Read the amqp keys of ``task_manager`` (``type`` is read by the caller)."""
+    url = reader.str("url", DEFAULT_URL)
+    if urlsplit(url).scheme not in ("amqp", "amqps"):
+        raise reader.error("url", f"must be an amqp:// or amqps:// URL, got {redact(url)!r}")
+    prefix = reader.str("prefix", "workerhost")
+    if any(c.isspace() for c in prefix):
+        raise reader.error("prefix", f"must not contain spaces, got {prefix!r}")
+    return AmqpConfig(
+        url=url,
+        prefix=prefix,
+        result_ttl=float(reader.number("result_ttl", 24 * 3600.0, positive=True)),
+        op_timeout=float(reader.number("op_timeout", 10.0, positive=True)),
+    )
+
+
+@attrs.frozen
+class Topology:
+    prefix: str
+
+    def work(self, task_type: str) -> str:
+        return f"{self.prefix}.task.{task_type}"
+
+    def delay(self, bucket_ms: int) -> str:
+        return f"{self.prefix}.delay.{bucket_ms}"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}.dead"
+
+
+def delay_bucket(delay: float) -> int | None:
+    """The bucket (ms) a retry delay waits in, or None to go straight back to work."""
+    if delay < MIN_DELAY:
+        return None
+    bucket = next((b for b in DELAY_BUCKETS if b >= delay), DELAY_BUCKETS[-1])
+    return int(bucket * 1000)
+
+
+class Declared:
+    """Declares queues and exchanges once per channel (a robust channel re-declares them after a reconnect)."""
+
+    def __init__(self, channel: AbstractChannel, topology: Topology) -> None:
+        self.channel = channel
+        self.topology = topology
+        self._queues: dict[str, AbstractQueue] = {}
+        self._delays: dict[int, aio_pika.abc.AbstractExchange] = {}
+
+    async def work(self, task_type: str) -> AbstractQueue:
+        name = self.topology.work(task_type)
+        if name not in self._queues:
+            self._queues[name] = await self.channel.declare_queue(name, durable=True, arguments=WORK_ARGS)
+        return self._queues[name]
+
+    async def dead(self) -> AbstractQueue:
+        name = self.topology.dead
+        if name not in self._queues:
+            self._queues[name] = await self.channel.declare_queue(name, durable=True)
+        return self._queues[name]
+
+    async def delay(self, bucket_ms: int) -> aio_pika.abc.AbstractExchange:
+        if bucket_ms not in self._delays:
+            name = self.topology.delay(bucket_ms)
+            exchange = await self.channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
+            # No x-dead-letter-routing-key: an expired message keeps its own
+            # routing key, the name of the work queue it came from.
+            queue = await self.channel.declare_queue(
+                name, durable=True, arguments={"x-message-ttl": bucket_ms, "x-dead-letter-exchange": ""})
+            await queue.bind(exchange)
+            self._queues[name] = queue
+            self._delays[bucket_ms] = exchange
+        return self._delays[bucket_ms]
+
+    async def delay_queue(self, bucket_ms: int) -> AbstractQueue:
+        await self.delay(bucket_ms)
+        return self._queues[self.topology.delay(bucket_ms)]
+
+    async def publish_work(self, message: aio_pika.Message, task_type: str) -> None:
+        await self.work(task_type)
+        await self.channel.default_exchange.publish(message, routing_key=self.topology.work(task_type))
+
+
+@contextlib.contextmanager
+def translated(what: str, config: AmqpConfig) -> Iterator[None]:
+    """Library errors become SourceError here (never with the password)."""
+    try:
+        yield
+    except (AuthenticationError, ProbableAuthenticationError) as exc:
+        raise SourceFatal(f"amqp authentication failed ({config.display_url}): {exc}") from exc
+    except asyncio.TimeoutError as exc:
+        raise SourceError(f"amqp {what} timed out ({config.display_url}): broker unreachable?") from exc
+    except (AMQPError, OSError, RuntimeError) as exc:
+        raise SourceError(f"amqp {what} failed ({config.display_url}): {exc!r}") from exc
+
+
+async def connect(config: AmqpConfig) -> AbstractRobustConnection:
+    with translated("connect", config):
+        return await asyncio.wait_for(
+            aio_pika.connect_robust(config.url, reconnect_interval=1.0, timeout=config.op_timeout),
+            config.op_timeout)
+
+
+def task_message(task: Task, *, reply_to: str | None, priority: int = 0) -> aio_pika.Message:
+    return aio_pika.Message(
+        json.dumps(task.to_wire(), separators=(",", ":"), default=str).encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=task.id,
+        correlation_id=task.id,
+        reply_to=reply_to,
+        priority=max(0, min(10, priority)),
+        timestamp=time.time(),
+        headers={"x-task-type": task.type},
+    )
+
+
+def reply_message(body: dict[str, Any], *, task_id: str, persistent: bool) -> aio_pika.Message:
+    mode = aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+    return aio_pika.Message(json.dumps(body, separators=(",", ":"), default=str).encode(),
+                            content_type="application/json", delivery_mode=mode, correlation_id=task_id)
+
+
+class AmqpSource:
+    kind = "amqp"
+    durable_retries = True
+
+    def __init__(self, config: AmqpConfig) -> None:
+        self.config = config
+        self.topology = Topology(config.prefix)
+        self._connection: AbstractRobustConnection | None = None
+        self._declared: Declared | None = None
+        self._rr = 0
+
+    async def connect(self) -> None:
+        self._connection = await connect(self.config)
+        with translated("connect", self.config):
+            channel = await self._timed(self._connection.channel(publisher_confirms=True, on_return_raises=True))
+        self._declared = Declared(channel, self.topology)
+        logger.info("amqp source connected to {}", self.config.display_url)
+
+    async def close(self) -> None:
+        connection, self._connection, self._declared = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(AMQPError, OSError, RuntimeError, asyncio.TimeoutError):
+                await asyncio.wait_for(connection.close(), self.config.op_timeout)
+
+    @property
+    def declared(self) -> Declared:
+        if self._declared is None:
+            raise SourceError("the amqp source is not connected")
+        return self._declared
+
+    async def _timed(self, op: Awaitable[T]) -> T:
+        return await asyncio.wait_for(op, self.config.op_timeout)
+
+    async def _ready(self) -> None:
+        """Wait (up to op_timeout) until the robust connection and channel are restored after a break."""
+        ready = getattr(self.declared.channel, "ready", None)
+        if ready is not None:
+            await self._timed(ready())
+
+    # -- claiming ----------------------------------------------------------------
+    async def claim(self, task_types: Sequence[str], limit: int) -> list[Claimed]:
+        if limit <= 0 or not task_types:
+            return []
+        start = self._rr % len(task_types)
+        self._rr += 1
+        out: list[Claimed] = []
+        try:
+            with translated("claim", self.config):
+                await self._ready()
+                for task_type in (*task_types[start:], *task_types[:start]):
+                    queue = await self._timed(self.declared.work(task_type))
+                    while len(out) < limit:
+                        message = await queue.get(no_ack=False, fail=False, timeout=self.config.op_timeout)
+                        if message is None:
+                            break
+                        out.append(self._take(message))
+        except SourceError as exc:
+            if not out:
+                raise
+            # Messages already taken are ours until acked: hand them to the
+            # dispatcher rather than leave them unacked on this channel.
+            logger.warning("{}; returning the {} task(s) claimed before it", exc, len(out))
+        return out
+
+    def _take(self, message: AbstractIncomingMessage) -> Claimed:
+        task = Task.from_wire(json.loads(message.body))
+        if message.redelivered:
+            # A supervisor held it and died (or gave it back): that try counts.
+            task.attempt += 1
+        return Claimed(task=task, receipt=message)
+
+    # -- results -------------------------------------------------------------------
+    async def complete(self, claimed: Claimed, result: Any) -> None:
+        if self._handed_back(claimed, "complete"):
+            return
+        with translated("complete", self.config):
+            await self._ready()
+            await self._reply(claimed, {"status": "completed", "result": result}, persistent=True)
+        await self._settle(claimed, "complete")
+
+    async def retry(self, claimed: Claimed, next_task: Task, delay: float, error: TaskError) -> None:
+        if self._handed_back(claimed, "retry"):
+            return
+        message: AbstractIncomingMessage = claimed.receipt
+        copy = task_message(next_task, reply_to=message.reply_to, priority=message.priority or 0)
+        bucket = delay_bucket(delay)
+        with translated("retry", self.config):
+            await self._ready()
+            if bucket is None:
+                await self._timed(self.declared.publish_work(copy, next_task.type))
+            else:
+                exchange = await self._timed(self.declared.delay(bucket))
+                # The routing key is the work queue: the delay queue dead-letters
+                # the message back there with it when its TTL is over.
+                await self._timed(exchange.publish(copy, routing_key=self.topology.work(next_task.type)))
+        await self._settle(claimed, "retry")
+
+    async def fail(self, claimed: Claimed, error: TaskError) -> None:
+        if self._handed_back(claimed, "fail"):
+            return
+        message: AbstractIncomingMessage = claimed.receipt
+        dead = task_message(claimed.task, reply_to=message.reply_to, priority=message.priority or 0)
+        status = final_status(error)
+        dead.headers["x-error"] = json.dumps(error.to_dict(), default=str)
+        dead.headers["x-status"] = status
+        dead.headers["x-failed-at"] = time.time()
+        with translated("fail", self.config):
+            await self._ready()
+            await self._timed(self.declared.dead())
+            await self._timed(self.declared.channel.default_exchange.publish(dead, routing_key=self.topology.dead))
+            await self._reply(claimed, {"status": status, "error": error.to_dict()}, persistent=True)
+        await self._settle(claimed, "fail")
+
+    async def release(self, claimed: Claimed) -> None:
+        if self._handed_back(claimed, "release"):
+            return
+        await self._settle(claimed, "release")
+
+    async def progress(self, claimed: Claimed, percent: int, message: str | None) -> None:
+        if self._handed_back(claimed, None):
+            return
+        with translated("progress", self.config):
+            await self._reply(claimed, {"status": "claimed", "progress": int(percent), "message": message},
+                              persistent=False)
+
+    async def _reply(self, claimed: Claimed, body: dict[str, Any], *, persistent: bool) -> None:
+        message: AbstractIncomingMessage = claimed.receipt
+        if not message.reply_to:
+            return
+        task = claimed.task
+        body = {"id": task.id, "type": task.type, "attempts": task.attempt, **body}
+        # Not mandatory: a reply queue that expired (its producer went away for
+        # longer than result_ttl) must not make the task's report fail forever.
+        await self._timed(self.declared.channel.default_exchange.publish(
+            reply_message(body, task_id=task.id, persistent=persistent), routing_key=message.reply_to,
+            mandatory=False))
+
+    def _handed_back(self, claimed: Claimed, what: str | None) -> bool:
+        """True if the channel the task came on is gone: the broker requeued it, it is not ours.
+
+        Reporting it anyway would publish a result (or worse, a retry copy: two
+        live copies of one task) for a task that is already on its way to
+        another supervisor.
+        """
+        message: AbstractIncomingMessage = claimed.receipt
+        try:
+            message.channel  # noqa: B018 - raises once the channel is closed
+        except ChannelInvalidStateError:
+            if what is not None:
+                logger.bind(task_id=claimed.task.id).warning(
+                    "amqp: task {} ({}) was handed back by the broker when the connection broke; "
+                    "its {} is dropped and it will run again", claimed.task.id, claimed.task.type, what)
+            return True
+        return False
+
+    async def _settle(self, claimed: Claimed, what: str) -> None:
+        """Ack (or requeue on release) a held message; skip one the broker already took back."""
+        message: AbstractIncomingMessage = claimed.receipt
+        try:
+            if what == "release":
+                await self._timed(message.nack(requeue=True))
+            else:
+                await self._timed(message.ack())
+        except (AMQPError, RuntimeError, OSError, asyncio.TimeoutError) as exc:
+            # The channel it came on is gone (broker restart, connection cut): the
+            # broker has requeued the message, so it is no longer ours to settle.
+            logger.bind(task_id=claimed.task.id).warning(
+                "amqp: task {} ({}) was handed back by the broker before its {} could be acked "
+                "({!r}); it will run again", claimed.task.id, claimed.task.type, what, exc)
