@@ -336,3 +336,42 @@ async def test_worker_that_honours_cancel_serves_again(make_config):
         assert r.error.kind is FailureKind.TIMEOUT
         assert sup.pools["s2"].busy == 0
         assert (await asyncio.wait_for(sup.run("s2", {"seconds": 0}), 5)).ok
+
+
+async def test_handler_children_die_with_a_killed_supervisor(tmp_path):
+    (tmp_path / "spawner.py").write_text(
+        "import subprocess, sys, time\n"
+        "def handle(task):\n"
+        "    p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "    print('CHILD', p.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    script = tmp_path / "sup.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from workerhost import Supervisor, events as ev\n"
+        "from workerhost.config import parse_config\n"
+        f"cfg = parse_config({{'workers': [{{'name': 'e', 'project_path': {str(tmp_path)!r},"
+        " 'venv_python': sys.executable, 'module': 'spawner', 'function': 'handle', 'task_types': ['e']}]},"
+        " base_dir=Path('.'))\n"
+        "def show(e):\n"
+        "    if isinstance(e, ev.WorkerLog) and e.message.startswith('CHILD'):\n"
+        "        print(e.worker_pid, e.message.split()[1], flush=True)\n"
+        "async def main():\n"
+        "    async with Supervisor(cfg, log_events=False, observers=[show]) as sup:\n"
+        "        await sup.run('e')\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    worker, child = (int(p) for p in line.split())
+    assert pid_alive(worker) and pid_alive(child)
+    os.kill(proc.pid, signal.SIGKILL)
+    await proc.wait()
+    for _ in range(100):
+        if not pid_alive(worker) and not pid_alive(child):
+            break
+        await asyncio.sleep(0.05)
+    assert not pid_alive(worker) and not pid_alive(child)

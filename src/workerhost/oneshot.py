@@ -24,6 +24,7 @@ from .config import NamespaceConfig
 from .errors import NamespaceUnavailable
 from .pool import PoolState
 from .records import FailureKind, Outcome, Task, TaskError
+from .worker import describe_exit
 
 EXIT_RETRIABLE, EXIT_NOT_RETRIABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -136,7 +137,8 @@ class OneshotPool:
             return self._fail(task, err.get("type") or "TaskError", err.get("message") or f"exit code {code}",
                               kind=FailureKind.RAISED, retry=code != EXIT_NOT_RETRIABLE, started=started, pid=pid,
                               traceback=err.get("traceback"))
-        return self._fail(task, "WorkerLost", f"worker exited with code {code}", kind=FailureKind.WORKER_LOST,
+        # describe_exit: "signal SIGSEGV" rather than a bare negative return code.
+        return self._fail(task, "WorkerLost", f"worker exited with {describe_exit(code)}", kind=FailureKind.WORKER_LOST,
                           started=started, pid=pid)
 
     def _fail(self, task: Task, type_: str, message: str, *, kind: FailureKind, started: float,

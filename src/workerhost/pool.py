@@ -143,10 +143,18 @@ class Pool:
                 fut.set_exception(NamespaceUnavailable(f"namespace {self.ns.name} is shutting down"))
         self._waiters.clear()
         deadline = time.monotonic() + timeout
-        while any(w.state is WorkerState.BUSY for w in self.workers) and time.monotonic() < deadline:
+        while self.busy and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        grace = max(0.0, min(self.ns.kill_grace, deadline - time.monotonic()))
-        await asyncio.gather(*(w.shutdown(grace=grace, reason=reason) for w in list(self.workers)))
+        if self.busy:
+            # Past the graceful timeout: ask running handlers to stop
+            # cooperatively first; shutdown escalates to TERM/KILL after.
+            for worker in self.workers:
+                if worker.state is WorkerState.BUSY:
+                    worker.cancel_current()
+            cancel_deadline = time.monotonic() + self.ns.cancel_grace
+            while self.busy and time.monotonic() < cancel_deadline:
+                await asyncio.sleep(0.05)
+        await asyncio.gather(*(w.shutdown(grace=self.ns.kill_grace, reason=reason) for w in list(self.workers)))
         await self._owner.aclose()
         self.state = PoolState.STOPPED
 

@@ -11,8 +11,9 @@ digest is stored in the venv (``.workerhost-provision.json``) after a
 successful install, so a second run with nothing changed does no work,
 and an install that failed half-way is redone on the next run.
 
-- Installer: ``uv`` when it is on PATH (fast), else ``python -m venv`` and
-  the venv's own pip. Both are driven with argument lists, never a shell.
+- Installer: ``uv`` when it is on PATH or installed as the ``uv`` Python
+  package (fast), else ``python -m venv`` and the venv's own pip. Both are
+  driven with argument lists, never a shell.
 - Update: requirements are installed again over the venv (pip adds and
   upgrades, it never removes). The venv is only re-created when the
   interpreter's version changed -- and only a folder holding a
@@ -189,7 +190,7 @@ class Provisioner:
         for ns in config.namespaces:
             if ns.venv is None:
                 results.append(ProvisionResult(namespaces=(ns.name,), path=None, action="skipped",
-                                               detail="no venv section (venv_python is managed elsewhere)"))
+                                               detail="no venv section: venv_python is managed elsewhere"))
             else:
                 groups.setdefault(ns.venv.path.resolve(), []).append(ns)
         with tempfile.TemporaryDirectory(prefix="workerhost-provision-") as tmp:
@@ -221,19 +222,19 @@ class Provisioner:
         py = venv_python(spec.path)
         stamp = read_stamp(spec.path)
         if not self.force and py.is_file() and stamp is not None and stamp.get("digest") == digest:
-            return "unchanged", f"up to date (Python {creator_version}, SDK {self.sdk.version})"
+            return "unchanged", f"Python {creator_version}, SDK {self.sdk.version}"
         say = self._prefix(ns.name)
         if py.is_file() and _minor(self._python_version(py)) == _minor(creator_version):
             action = "updated"
-            say(f"updating {spec.path} ({self.installer})")
+            say(f"updating {spec.path.resolve()} ({self.installer})")
         else:
             action = "recreated" if spec.path.exists() else "created"
             if spec.path.exists():
                 if not (spec.path / "pyvenv.cfg").is_file():
                     raise ProvisionError(f"{spec.path} exists and is not a venv (no pyvenv.cfg); not touching it")
-                say(f"removing {spec.path}: it was built with another Python version")
+                say(f"removing {spec.path.resolve()}: it was built with another Python version")
                 shutil.rmtree(spec.path)
-            say(f"creating {spec.path} with {creator} (Python {creator_version}, {self.installer})")
+            say(f"creating {spec.path.resolve()} with {creator} (Python {creator_version}, {self.installer})")
             self._create(spec.path, creator, say)
         (spec.path / STAMP).unlink(missing_ok=True)  # a failure below leaves the venv marked unfinished
         self._install(ns, spec, tmp, say, base_dir=base_dir)

@@ -413,6 +413,15 @@ class WorkerProcess:
         self._ping_seq += 1
         self.send({"op": "ping", "seq": self._ping_seq})
 
+    def cancel_current(self) -> None:
+        """Ask the running handler to stop (cooperative; the result still arrives)."""
+        if self.current_task is None or self.state is not WorkerState.BUSY:
+            return
+        try:
+            self.send({"op": "cancel", "id": self.current_task.id})
+        except WorkerLost:
+            pass
+
     async def shutdown(self, *, grace: float, reason: str) -> None:
         """Ask the worker to exit after its current task; escalate after ``grace``."""
         self.stop_reason = self.stop_reason or reason
@@ -436,15 +445,33 @@ class WorkerProcess:
         await self.wait(5.0)
 
     def kill(self, reason: str) -> None:
-        """SIGKILL the worker's whole process group now."""
+        """SIGKILL the worker's whole process group now, and its descendants that left the group."""
         self.stop_reason = self.stop_reason or reason
         if self.state not in (WorkerState.EXITED, WorkerState.STOPPING):
             self._to(WorkerState.STOPPING)
         self._signal_group(signal.SIGKILL)
 
+    def _signal_strays(self, sig: int) -> None:
+        """Signal descendants in another process group (``start_new_session=True`` children).
+
+        Only possible while the worker lives: once it is gone they are
+        re-parented away. Double-forked daemons escape even this (docs/workers.md).
+        """
+        if self.pid is None or self._popen is None or self._popen.returncode is not None:
+            return
+        from .limits import tree_pids  # limits imports this module
+
+        for pid in tree_pids(self.pid)[1:]:
+            try:
+                if os.getpgid(pid) != self.pid:
+                    os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def _signal_group(self, sig: int) -> None:
         if self.pid is None:
             return
+        self._signal_strays(sig)
         try:
             os.killpg(self.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -504,7 +531,9 @@ class WorkerProcess:
             self._exited.set_result(self.exit_code if self.exit_code is not None else -1)
         if self._result is not None and not self._result.done():
             exc_cls = WorkerProtocolError if self._protocol_error else WorkerLost
-            detail = self._protocol_error or f"{describe_exit(self.exit_code)}{self._stderr_hint()}"
+            unfinished = self._decoder.pending_bytes
+            cut = f", in the middle of a frame ({unfinished} bytes of an unfinished frame)" if unfinished else ""
+            detail = self._protocol_error or f"{describe_exit(self.exit_code)}{cut}{self._stderr_hint()}"
             # One loop turn after the exit is published: whoever watches the
             # exit (the pool's restart bookkeeping) runs before the task's
             # caller hears of the loss, as it did when run() waited through

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import __version__
 from ._input import EXIT_PROTOCOL as EXIT_PROTOCOL  # re-exported: the exit codes live together
-from ._input import Input
+from ._input import Input, _exit_with_group
 from .context import Context
 from .errors import TaskCancelled, TaskError
 from .loader import load_handler
@@ -116,21 +116,30 @@ def _move_stdio_off_channel() -> Tuple[int, int, int]:
 
 
 def _set_parent_death_signal() -> None:
-    """On Linux, ask the kernel to SIGKILL us when the supervisor dies.
+    """On Linux, have the kernel send SIGTERM when the supervisor dies.
 
-    End of input covers the usual case; this covers a handler stuck in C
-    code that never returns to read it.
+    End of input covers the usual case; this covers a handler blocked in a
+    call that never returns to let the reader see it. The SIGTERM handler
+    takes the worker's process group along (the handler's children too),
+    which is also what the supervisor's own SIGTERM escalation wants.
     """
     if not sys.platform.startswith("linux"):
         return
+    import signal
+
+    def _on_term(signum: int, frame: Any) -> None:
+        _exit_with_group(128 + signum)
+
+    signal.signal(signal.SIGTERM, _on_term)
     try:
         import ctypes
-        import signal
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:  # best effort only
-        pass
+        return
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        _exit_with_group(0)
 
 
 class Worker:
