@@ -137,13 +137,35 @@ class Input:
         if not data:
             # The supervisor is gone or closed our input: nobody can
             # receive a result any more, so do not finish the task.
-            os._exit(EXIT_OK)
+            _exit_with_group(EXIT_OK)
         try:
             return self._decoder.feed(data)
         except ProtocolError as exc:
             sys.stderr.write("prismq-worker: bad frame from supervisor: %s\n" % exc)
             sys.stderr.flush()
             os._exit(EXIT_PROTOCOL)
+
+
+def _exit_with_group(code: int) -> None:
+    """Exit now, taking the processes the handler started along.
+
+    The supervisor starts each worker as the leader of its own process
+    group; when that supervisor is gone, nobody else will reap the
+    handler's children. Run by hand (not a group leader), only we exit.
+    """
+    sys.stderr.flush()
+    if hasattr(os, "killpg") and os.getpgrp() == os.getpid():
+        import signal
+
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:
+            pass  # not the main thread (the watcher saw the end of input): SIGKILL needs no reset
+        try:
+            os.killpg(os.getpid(), signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(code)
 
 
 def _readable_waiter(*fds: int) -> Callable[[], List[int]]:
