@@ -10,6 +10,7 @@ from typing import Any
 
 from .config import load_config
 from .logsetup import configure_logging
+from .sources import read_settings
 from .supervisor import Supervisor
 
 
@@ -29,6 +30,8 @@ def register(sub: Any) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    # The task_manager section is read by the sources; `start` would refuse a bad one, so must validate.
+    read_settings(config)
     names = ", ".join(ns.name for ns in config.namespaces)
     print(f"{args.config}: ok ({len(config.namespaces)} namespaces: {names})")
     return 0

@@ -229,6 +229,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             _err("--params must be a JSON object")
             return EXIT_CONFIG
         items = [{"type": args.type, "params": params}]
+        if not _known_type(config, args.type, args.config):
+            return EXIT_CONFIG
     else:
         items = []
         for n, line in enumerate(sys.stdin, 1):
@@ -243,12 +245,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
             except (ValueError, KeyError, TypeError) as exc:
                 _err(f"stdin line {n}: expected {{\"type\": ..., \"params\": {{...}}}}: {exc}")
                 return EXIT_CONFIG
+            if not _known_type(config, items[-1]["type"], args.config, where=f"stdin line {n}: "):
+                return EXIT_CONFIG
     for item in items:
         if args.priority:
             item.setdefault("priority", args.priority)
         if args.dedupe_key and len(items) == 1:
             item.setdefault("dedupe_key", args.dedupe_key)
     return _with_producer(config, lambda producer: _submit(producer, items, wait=args.wait, timeout=args.timeout))
+
+
+def _known_type(config: Config, task_type: str, path: str, *, where: str = "") -> bool:
+    """A type no namespace serves would wait in the queue forever: refuse it here, where it is typed."""
+    if task_type in config.routes:
+        return True
+    _err(f"{where}unknown task type {task_type!r}: no namespace in {path} serves it "
+         f"(known: {', '.join(sorted(config.routes))})")
+    return False
 
 
 async def _submit(producer: Producer, items: list[dict[str, Any]], *, wait: bool, timeout: float | None) -> int:

@@ -41,7 +41,7 @@ from . import events as ev
 from ._tasks import TaskOwner
 from .errors import SourceError, SourceFatal, SupervisorClosed
 from .pool import PoolState
-from .records import Outcome
+from .records import Outcome, TaskError
 from .sources.base import Claimed, RenewsLeases, TaskSource
 from .supervisor import Supervisor
 
@@ -335,9 +335,21 @@ class Dispatcher:
             held.reporting = True
             await self._flush_progress(held)
             if outcome.ok:
+                try:
+                    await self._report(held, "complete",
+                                       functools.partial(self.source.complete, claimed, outcome.result))
+                except (TypeError, ValueError) as exc:
+                    # The source cannot store this result (a msgpack worker's bytes in a
+                    # JSON store): no retry can help, the task fails with that reason.
+                    outcome = attrs.evolve(outcome, result=None, error=TaskError(
+                        type="ResultNotSerializable", retry_possible=False,
+                        message=f"the {self.source.kind} source cannot store the result: {exc}"))
+                    held.reporting = False
+                    if await self._after_failure(held, outcome):
+                        return
+                    continue
                 self.supervisor.report_completed(task, outcome)
                 self.counters["completed"] += 1
-                await self._report(held, "complete", functools.partial(self.source.complete, claimed, outcome.result))
                 return
             if await self._after_failure(held, outcome):
                 return

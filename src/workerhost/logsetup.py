@@ -69,6 +69,9 @@ def config_secrets(config: Config) -> list[str]:
     if config.monitoring.token:
         found.append(config.monitoring.token)
     _collect(config.task_manager, found, secret=False)
+    # A worker's env (API_KEY: ${API_KEY}) reaches its handler, which may log it.
+    for ns in config.namespaces:
+        _collect(ns.env, found, secret=False)
     return found
 
 

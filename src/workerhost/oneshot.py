@@ -27,6 +27,8 @@ from .records import FailureKind, Outcome, Task, TaskError
 from .worker import describe_exit
 
 EXIT_RETRIABLE, EXIT_NOT_RETRIABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 1, 2, 3, 130
+#: Bytes of a one-shot worker's stderr kept for the log (its last lines).
+STDERR_TAIL = 256 * 1024
 
 
 class OneshotPool:
@@ -106,7 +108,7 @@ class OneshotPool:
         self.bus.emit(ev.TaskStarted(namespace=self.ns.name, task_id=task.id, task_type=task.type,
                                      attempt=task.attempt, worker_pid=proc.pid))
         try:
-            out, err = await asyncio.wait_for(proc.communicate(json.dumps(doc).encode()), self.ns.timeout)
+            out, err = await asyncio.wait_for(self._exchange(proc, json.dumps(doc).encode()), self.ns.timeout)
         except asyncio.TimeoutError:
             _killpg(proc.pid)
             await proc.wait()
@@ -119,6 +121,30 @@ class OneshotPool:
                 self.bus.emit(ev.WorkerLog(namespace=self.ns.name, worker_pid=proc.pid, level="WARNING",
                                            message=line[:4096], task_id=task.id))
         return self._interpret(task, proc.returncode, out, started, proc.pid)
+
+    async def _exchange(self, proc: asyncio.subprocess.Process, data: bytes) -> tuple[bytes, bytes]:
+        """Send the task, read the outputs until the process is done; keep only their tails.
+
+        Not ``communicate()``: that buffers everything, and a worker writing
+        gigabytes would take the supervisor's memory with it.
+        """
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        readers = asyncio.gather(_tail(proc.stdout, self.ns.max_frame_bytes), _tail(proc.stderr, STDERR_TAIL))
+        try:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it exited without reading its task: its exit code says why
+        finally:
+            proc.stdin.close()
+        try:
+            await proc.wait()
+            # A child left holding the pipes must not keep us waiting for their end.
+            _killpg(proc.pid)
+            out, err = await readers
+        finally:
+            readers.cancel()
+        return out, err
 
     def _interpret(self, task: Task, code: int | None, out: bytes, started: float, pid: int) -> Outcome:
         doc = _last_json(out)
@@ -147,6 +173,16 @@ class OneshotPool:
         return Outcome(error=TaskError(type=type_, message=message, kind=kind, retry_possible=retry,
                                        traceback=traceback),
                        namespace=self.ns.name, worker_pid=pid, duration=time.monotonic() - started)
+
+
+async def _tail(stream: asyncio.StreamReader, limit: int) -> bytes:
+    """Read to the end, keeping the last ``limit`` bytes (the result is the last JSON line)."""
+    buf = bytearray()
+    while chunk := await stream.read(1 << 16):
+        buf += chunk
+        if len(buf) > limit:
+            del buf[: len(buf) - limit]
+    return bytes(buf)
 
 
 def _killpg(pid: int) -> None:

@@ -299,7 +299,9 @@ class WorkerProcess:
 
     # -- writing -------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
-        data = self._encoder.encode(message)
+        self._write(self._encoder.encode(message))
+
+    def _write(self, data: bytes) -> None:
         if self._popen is None or self._popen.stdin is None or not self.alive:
             raise WorkerLost(f"worker pid {self.pid} is gone")
         if self._out_buf:
@@ -344,6 +346,19 @@ class WorkerProcess:
         process group gets SIGTERM and SIGKILL; the outcome is a TIMEOUT error.
         """
         assert self._loop is not None
+        try:
+            # Encoded before the worker turns busy: params no frame can carry
+            # (over max_frame_bytes, not JSON) fail this task, not the worker.
+            data = self._encoder.encode(_task_frame(task, deadline=time.time() + timeout))
+        except ProtocolError as exc:
+            return Outcome(
+                error=TaskError(
+                    type="InvalidParams", kind=FailureKind.REJECTED, retry_possible=False,
+                    message=f"params cannot be sent to a worker of namespace {self.ns.name} "
+                            f"(max_frame_bytes {self.ns.max_frame_bytes}): {exc}",
+                ),
+                namespace=self.ns.name, worker_pid=self.pid, duration=0.0,
+            )
         self._to(WorkerState.BUSY)
         self.current_task = task
         self.task_started_at = started = time.monotonic()
@@ -355,7 +370,7 @@ class WorkerProcess:
         timer = self._loop.call_later(timeout, _mark_overdue, fut)
         timed_out = False
         try:
-            self.send(_task_frame(task, deadline=time.time() + timeout))
+            self._write(data)
             frame = await fut
             if frame is _OVERDUE:
                 late = await self._stop_overdue(task, timeout)

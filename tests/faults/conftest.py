@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import psutil
@@ -25,7 +25,7 @@ def fns(name: str, function: str, *, mark: str | None = None, **extra: Any) -> d
 
 
 @pytest.fixture
-def mark() -> str:
+def mark() -> Iterator[str]:
     """A tag for this test's worker processes (and their children): whatever carries it is killed after."""
     tag = uuid.uuid4().hex
     yield tag

@@ -21,10 +21,12 @@ def _note(task, pid):
     path = task["params"].get("pidfile")
     if path:
         with open(path, "a") as f:
-            f.write("%d\n" % pid)
+            f.write(f"{pid}\n")
 
 
 def ok(task):
+    if task["params"].get("sleep"):
+        time.sleep(float(task["params"]["sleep"]))
     return {"pid": os.getpid(), "n": task["params"].get("n"), "attempt": task["attempt"]}
 
 
@@ -144,5 +146,17 @@ def result_of(task):
     return {"thing": object()}
 
 
-def env_report(task):
-    return {"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv, "pid": os.getpid()}
+def env_report(task, ctx):
+    """What the worker was given: its environment's names, its cwd and interpreter.
+
+    It also says the secret its namespace was handed, through every channel a
+    worker has, so a test can check the supervisor never repeats it.
+    """
+    secret = os.environ.get("SERVICE_API_KEY", "")
+    ctx.log.warning("the key is %s", secret)
+    print("stdout says", secret)
+    sys.stderr.write(f"stderr says {secret}\n")
+    sys.stderr.flush()
+    time.sleep(0.2)
+    return {"names": sorted(os.environ), "cwd": os.getcwd(), "executable": sys.executable, "pid": os.getpid(),
+            "allowed": os.environ.get("FAULTS_ALLOWED")}
