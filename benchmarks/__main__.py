@@ -1,6 +1,6 @@
 """``python -m benchmarks run [--quick]``: run the suite, write JSON, markdown and a PNG chart.
 
-    python -m benchmarks run                 # full run, ~10-15 min on 2 cores
+    python -m benchmarks run                 # full run, ~8-10 min on 2 cores
     python -m benchmarks run --quick         # ~2 min
     python -m benchmarks run --only latency,throughput
     python -m benchmarks run --update-docs   # also paste the tables into docs/benchmarks.md

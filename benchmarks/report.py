@@ -126,14 +126,22 @@ def _throughput(rows: list[dict[str, Any]]) -> list[str]:
 def _scale(rows: list[dict[str, Any]], limits: list[dict[str, Any]]) -> list[str]:
     out: list[str] = []
     if rows:
-        table = [[str(r["namespaces"]), str(r["workers"]), _num(r["start_s"], "{:.2f}"),
-                  _num(r["idle_cpu_pct"], "{:.2f}"), _num(r["rss_mb"], "{:.1f}"), _num(r["uss_mb"], "{:.1f}"),
-                  _us(r["p50_us"]), _us(r["p99_us"]), _num(r["cpu_us_per_task"])] for r in rows]
+        table = []
+        for r in rows:
+            rel = ratio(r["p50_us"], r.get("pipe_p50_us"))
+            table.append([str(r["namespaces"]), str(r["workers"]), _num(r["start_s"], "{:.2f}"),
+                          _num(r["idle_cpu_pct"], "{:.2f}"), _num(r["rss_mb"], "{:.1f}"), _num(r["uss_mb"], "{:.1f}"),
+                          _us(r["p50_us"]), _us(r["p99_us"]), _us(r.get("pipe_p50_us")),
+                          f"{rel:.2f}x" if rel is not None else "-", _num(r["cpu_us_per_task"]),
+                          _num(r.get("pipe_cpu_us_per_task"))])
         out += ["### Scale: namespaces of 1 worker each", "",
                 "Idle CPU: the supervisor's own CPU time over a window with every worker warm and no task. "
-                "Round trips: one no-op task at a time, each to the next namespace.", ""]
+                "Round trips: one no-op task at a time, each to the next namespace; the bare pipe does the same "
+                "over as many children, so the growth both share (each task wakes a process that slept longer) "
+                "is told apart from the supervisor's own.", ""]
         out += _table(["Namespaces", "Workers", "start() to warm (s)", "Idle CPU (% of a core)", "RSS (MB)",
-                       "USS (MB)", "no-op p50 (µs)", "p99 (µs)", "Supervisor CPU µs/task"], table) + [""]
+                       "USS (MB)", "no-op p50 (µs)", "p99 (µs)", "bare pipe p50, same fan-out (µs)",
+                       "vs bare pipe", "Supervisor CPU µs/task", "pipe parent CPU µs/task"], table) + [""]
     if limits:
         table = [[r["setting"], str(r["workers"]), _num(r["idle_cpu_pct"], "{:.2f}"), _num(r["busy_cpu_pct"], "{:.2f}"),
                   _num(r["cpu_us_per_task"]), _num(r["rss_mb"], "{:.1f}")] for r in limits]

@@ -166,14 +166,18 @@ class Suite:
             res = self.child("scenarios.scale:namespaces",
                              {"count": n, "idle_window": p.scale_window, "latency_samples": p.scale_samples},
                              label=f"{n} namespaces x 1 worker")
+            pipe = self.child("scenarios.pipe:fanout", {"children": n, "samples": p.scale_samples},
+                              label=f"bare pipe, {n} children")
             if res is None:
                 continue
             s = summarize(res["samples_us"]["noop"])
+            pipe_p50 = summarize(pipe["samples_us"]["noop"])["p50"] if pipe else None
             rows.append({
                 "namespaces": n, "workers": res["workers"], "start_s": res["start_s"],
                 "ready_p50_s": median(res["ready_s"]), "idle_cpu_pct": res["idle_cpu_pct"],
                 "rss_mb": res["rss_bytes"] / MB, "uss_mb": (res["uss_bytes"] or 0) / MB or None,
                 "p50_us": s["p50"], "p99_us": s["p99"], "cpu_us_per_task": res["cpu_us_per_task"],
+                "pipe_p50_us": pipe_p50, "pipe_cpu_us_per_task": pipe["parent_cpu_us_per_task"] if pipe else None,
             })
         return rows
 

@@ -137,3 +137,24 @@ async def throughput(*, codec: str, workers: int, tasks: int, payload_name: str 
             c.close()
     return {"tasks": tasks, "wall_s": wall, "tasks_per_s": tasks / wall, "parent_cpu_us_per_task": us(cpu) / tasks,
             "parent_rss_bytes": rss_bytes()}
+
+
+async def fanout(*, children: int, samples: int, codec: str = "json") -> dict[str, Any]:
+    """One task at a time, each to the next of ``children`` children (the pipe side of "scale")."""
+    kids = [PipeChild(codec) for _ in range(children)]
+    await asyncio.gather(*(c.start() for c in kids))
+    params = payload("noop")
+    try:
+        for c in kids:
+            await c.call(params)
+        times = []
+        cpu0 = cpu_seconds()
+        for i in range(samples):
+            t0 = now()
+            await kids[i % children].call(params)
+            times.append(us(now() - t0))
+        cpu = cpu_seconds() - cpu0
+    finally:
+        for c in kids:
+            c.close()
+    return {"samples_us": {"noop": times}, "parent_cpu_us_per_task": us(cpu) / max(1, samples)}

@@ -44,7 +44,7 @@ async def _idle_cpu(window: float) -> float:
 async def namespaces(*, count: int, workers_per_ns: int = 1, idle_window: float, latency_samples: int,
                      limits: dict[str, Any] | None = None) -> dict[str, Any]:
     """``count`` namespaces warm: start time, idle CPU and RSS, then one-at-a-time tasks across them."""
-    extra = {"limits": limits} if limits else {}
+    extra: dict[str, Any] = {"limits": limits} if limits else {}
     nss = [namespace(_ns_name(i), workers=workers_per_ns, function="work", **extra) for i in range(count)]
     sup, start_s, ready = await _start(nss)
     try:
@@ -75,7 +75,7 @@ async def limits_cost(*, workers: int, window: float, tasks: int, limits: dict[s
     spends meanwhile is its own: heartbeats, maintenance and, with a hard
     limit set, psutil samples of each busy worker every ``sample_interval``.
     """
-    extra = {"limits": limits} if limits else {}
+    extra: dict[str, Any] = {"limits": limits} if limits else {}
     sup, start_s, ready = await _start([namespace("ns", workers=workers, function="work", **extra)])
     try:
         await asyncio.sleep(SETTLE)

@@ -157,7 +157,10 @@ def _exit_with_group(code: int) -> None:
     if hasattr(os, "killpg") and os.getpgrp() == os.getpid():
         import signal
 
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        except ValueError:
+            pass  # not the main thread (the watcher saw the end of input): SIGKILL needs no reset
         try:
             os.killpg(os.getpid(), signal.SIGKILL)
         except OSError:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import __version__
 from ._input import EXIT_PROTOCOL as EXIT_PROTOCOL  # re-exported: the exit codes live together
-from ._input import Input, _exit_with_group
+from ._input import Input, _exit_with_group, _readable_waiter
 from .context import Context
 from .errors import TaskCancelled, TaskError
 from .loader import load_handler
@@ -285,13 +285,21 @@ def _accepts_context(handler: Callable[..., Any]) -> bool:
 
 
 class _Capture:
-    """Turns bytes written to fd 1 into ``log`` frames (the capture thread)."""
+    """Turns bytes written to fd 1 into ``log`` frames (the capture thread).
+
+    Reads happen under ``_lock``, by the capture thread or by :meth:`drain`,
+    so bytes read are always sent before ``drain`` returns: a flag set
+    after the read (the earlier design) left a moment in which a line was
+    neither in the pipe nor marked as being sent, and a result could
+    overtake it.
+    """
 
     def __init__(self, fd: int, worker: Worker) -> None:
         self.fd = fd
         self.worker = worker
-        self.busy = False
         self._pending = b""
+        self._lock = threading.Lock()
+        os.set_blocking(fd, False)
 
     def _unread(self) -> int:
         try:
@@ -304,39 +312,49 @@ class _Capture:
             return 0
 
     def drain(self, timeout: float = 0.5) -> None:
-        """Wait (briefly) until everything already written to fd 1 was sent.
+        """Send what was already written to fd 1 (for at most ``timeout`` s: a child may never stop).
 
-        One ioctl when nothing was printed, which is the common case.
+        One lock and one ioctl when nothing was printed, which is the common case.
         """
         deadline = time.monotonic() + timeout
-        while (self.busy or self._unread() > 0) and time.monotonic() < deadline:
-            time.sleep(0.0005)
-        if self._pending:
-            self._send(self._pending)
-            self._pending = b""
+        with self._lock:
+            while self._unread() > 0 and time.monotonic() < deadline:
+                if not self._read():
+                    break
+            if self._pending:
+                self._send(self._pending)
+                self._pending = b""
 
     def run(self) -> None:
+        wait_readable = _readable_waiter(self.fd)
         while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            self.busy = True
-            try:
-                chunk = self._pending + data
-                lines = chunk.split(b"\n")
-                self._pending = lines.pop()
-                if len(self._pending) > MAX_LOG_LINE:
-                    lines.append(self._pending)
-                    self._pending = b""
-                for line in lines:
-                    self._send(line)
-            except (OSError, ProtocolError):
-                return
-            finally:
-                self.busy = False
+            wait_readable()
+            with self._lock:
+                if not self._read():
+                    return
+
+    def _read(self) -> bool:
+        """Read and send one chunk (lock held); False at the end of the pipe or on a broken channel."""
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return True  # drain() took it first
+        except OSError:
+            return False
+        if not data:
+            return False
+        try:
+            chunk = self._pending + data
+            lines = chunk.split(b"\n")
+            self._pending = lines.pop()
+            if len(self._pending) > MAX_LOG_LINE:
+                lines.append(self._pending)
+                self._pending = b""
+            for line in lines:
+                self._send(line)
+        except (OSError, ProtocolError):
+            return False
+        return True
 
     def _send(self, line: bytes) -> None:
         ctx = self.worker.current
