@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import namespace
 from tests.fake_taskmanager import FakeTaskManager
+from tests.helpers.ops import Started
 from workerhost.sources.embedded import EmbeddedProducer
 
 CLI = [sys.executable, "-m", "workerhost.cli"]
@@ -30,37 +31,9 @@ def cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess
     return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
-class Supervisors:
-    """Started ``start`` processes; any left running are killed at the end of the test."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, config: Path, *extra: str) -> subprocess.Popen[str]:
-        log = open(self.tmp / f"start-{len(self.procs)}.log", "w")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([*CLI, "start", "-c", str(config), *extra], stdout=log, stderr=subprocess.STDOUT,
-                                text=True)
-        self.procs.append(proc)
-        return proc
-
-    def log(self, n: int = -1) -> str:
-        return (self.tmp / f"start-{n % len(self.procs)}.log").read_text()
-
-    def stop(self, proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        proc.send_signal(sig)
-        return proc.wait(timeout)
-
-    def cleanup(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-
-
 @pytest.fixture
-def sups(tmp_path: Path) -> Iterator[Supervisors]:
-    s = Supervisors(tmp_path)
+def sups(tmp_path: Path) -> Iterator[Started]:
+    s = Started(tmp_path)
     yield s
     s.cleanup()
 
@@ -85,7 +58,7 @@ async def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any
 
 
 @pytest.mark.timeout(120)
-async def test_start_processes_tasks_submitted_with_wait(tmp_path: Path, write_config: Any, sups: Supervisors) -> None:
+async def test_start_processes_tasks_submitted_with_wait(tmp_path: Path, write_config: Any, sups: Started) -> None:
     config = write_config([ns("echo", "echo", task_types=["Echo"])])  # no task_manager: embedded default
     proc = sups.start(config)
     res = cli("submit", "-c", str(config), "Echo", "--params", '{"text": "hi"}', "--wait", "--timeout", "60")
@@ -109,7 +82,7 @@ async def test_start_processes_tasks_submitted_with_wait(tmp_path: Path, write_c
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_sigkill_mid_run_then_restart_loses_nothing(tmp_path: Path, write_config: Any,
-                                                          sups: Supervisors) -> None:
+                                                          sups: Started) -> None:
     config = write_config([ns("nap", "nap", task_types=["Nap"], max_workers=2, min_workers=2)], task_manager=FAST_TM)
     lines = "\n".join(json.dumps({"type": "Nap", "params": {"n": i, "seconds": 0.01}}) for i in range(1000))
     res = cli("submit", "-c", str(config), stdin=lines)
@@ -145,7 +118,7 @@ async def test_sigkill_mid_run_then_restart_loses_nothing(tmp_path: Path, write_
 
 @pytest.mark.timeout(180)
 async def test_a_busy_namespace_does_not_starve_another(tmp_path: Path, write_config: Any,
-                                                        sups: Supervisors) -> None:
+                                                        sups: Started) -> None:
     tm = {**FAST_TM, "prefetch": 1}
     config = write_config([ns("slow", "nap", task_types=["Slow"], max_workers=1, min_workers=1),
                            ns("fast", "echo", task_types=["Fast"], max_workers=1, min_workers=1)], task_manager=tm)
@@ -170,7 +143,7 @@ async def test_a_busy_namespace_does_not_starve_another(tmp_path: Path, write_co
 
 
 @pytest.mark.timeout(180)
-async def test_delayed_retry_survives_a_restart(tmp_path: Path, write_config: Any, sups: Supervisors) -> None:
+async def test_delayed_retry_survives_a_restart(tmp_path: Path, write_config: Any, sups: Started) -> None:
     config = write_config([ns("flaky", "fail_until", task_types=["Flaky"], max_retries=2,
                               retry={"backoff": 4.0, "jitter": False})], task_manager=FAST_TM)
     prod = EmbeddedProducer(tmp_path / ".workerhost" / "queue.db")
@@ -197,7 +170,7 @@ async def test_delayed_retry_survives_a_restart(tmp_path: Path, write_config: An
 
 @pytest.mark.timeout(180)
 async def test_dead_letter_after_max_attempts_then_requeue(tmp_path: Path, write_config: Any,
-                                                          sups: Supervisors) -> None:
+                                                          sups: Started) -> None:
     config = write_config([ns("picky", "fail_unless_file", task_types=["Picky"], max_retries=1)],
                           task_manager=FAST_TM)
     marker = tmp_path / "fixed"
@@ -231,7 +204,7 @@ def test_bad_task_manager_section_is_a_config_error(write_config: Any) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_start_exits_3_when_the_taskmanager_refuses_the_key(write_config: Any, sups: Supervisors) -> None:
+def test_start_exits_3_when_the_taskmanager_refuses_the_key(write_config: Any, sups: Started) -> None:
     with FakeTaskManager(api_key="right") as fake:
         fake.add_type("Echo")
         config = write_config([ns("echo", "echo", task_types=["Echo"])], task_manager={
@@ -244,7 +217,7 @@ def test_start_exits_3_when_the_taskmanager_refuses_the_key(write_config: Any, s
 
 @pytest.mark.timeout(120)
 def test_second_signal_gives_running_tasks_back_at_once(tmp_path: Path, write_config: Any,
-                                                        sups: Supervisors) -> None:
+                                                        sups: Started) -> None:
     config = write_config([ns("nap", "nap", task_types=["Nap"], max_workers=1)], task_manager=FAST_TM)
     res = cli("submit", "-c", str(config), "Nap", "--params", '{"seconds": 60}')
     tid = res.stdout.strip()
