@@ -375,3 +375,19 @@ async def test_handler_children_die_with_a_killed_supervisor(tmp_path):
             break
         await asyncio.sleep(0.05)
     assert not pid_alive(worker) and not pid_alive(child)
+
+
+async def test_timeout_after_a_run_of_fast_tasks(make_config):
+    """The per-worker deadline timer is re-armed for each task: a slow task after fast ones still times out."""
+    cfg = make_config([namespace("t", "sleep", timeout=0.5, cancel_grace=0.1, kill_grace=0.2, max_retries=0,
+                                 min_workers=1, max_workers=1)])
+    async with Supervisor(cfg) as sup:
+        for _ in range(20):
+            assert (await sup.run("t", {"seconds": 0})).ok
+        assert (await sup.run("t", {"seconds": 0.3})).ok  # just under the timeout
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        r = await sup.run("t", {"seconds": 10})
+        took = loop.time() - started
+        assert r.error.kind is FailureKind.TIMEOUT
+        assert 0.5 <= took < 5, took

@@ -250,3 +250,23 @@ async def test_several_processes_share_one_file_without_double_claims(db: Path) 
     assert sorted(claimed) == sorted(ids)  # every task once, none twice
     assert (await prod.counts())["completed"] == 600
     await prod.close()
+
+
+@pytest.mark.timeout(60)
+def test_many_processes_opening_a_fresh_queue_file_at_once(tmp_path: Path) -> None:
+    """Racing to switch a new file to WAL must wait, not fail with "database is locked"."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "fresh" / "queue.db"
+    code = (
+        "import sys, time; from pathlib import Path\n"
+        "from workerhost.sources._sqlite_queue import connect\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "connect(Path(sys.argv[1]), busy_timeout=10).close()\n"
+    )
+    start_at = str(time.time() + 1.0)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), start_at], stderr=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    errors = [p.communicate(timeout=30)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, errors

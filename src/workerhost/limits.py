@@ -197,6 +197,9 @@ class LimitsMonitor:
         self.soft_bytes = int(cfg.memory_soft_mb * MIB) if cfg.memory_soft_mb else None
         self.hard_bytes = int(cfg.memory_hard_mb * MIB) if cfg.memory_hard_mb else None
         self.budget_bytes = int(cfg.memory_budget_mb * MIB) if cfg.memory_budget_mb else None
+        # Looked up on every task's start and end: decided once (cfg is fixed per monitor).
+        self._cpu_limited = bool(cfg.cpu_time_limit or cfg.cpu_percent_limit)
+        self._memory_limited = bool(self.soft_bytes or self.hard_bytes or self.budget_bytes)
 
     # -- bookkeeping ---------------------------------------------------------
     def _watch(self, worker: WorkerProcess, now: float) -> _Watch | None:
@@ -232,7 +235,7 @@ class LimitsMonitor:
         watch.task_id = task_id
         watch.hot_since = None
         watch.task_cpu_start = None
-        if self.cfg.cpu_time_limit or self.cfg.cpu_percent_limit:
+        if self._cpu_limited:
             sample = self._measure(worker, watch, now)
             watch.task_cpu_start = sample.cpu_time if sample else None
         if self._fast:
@@ -248,7 +251,7 @@ class LimitsMonitor:
         watch.task_cpu_start = None
         watch.hot_since = None
         watch.idle_since = now
-        if not (self.soft_bytes or self.hard_bytes or self.budget_bytes):
+        if not self._memory_limited:
             return None
         sample = self._measure(worker, watch, now)
         watch.next_sample_at = now + self.idle_interval

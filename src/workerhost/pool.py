@@ -192,13 +192,17 @@ class Pool:
     # -- running tasks ---------------------------------------------------
     async def execute(self, task: Task) -> Outcome:
         """Run one try of ``task`` on a warm worker; never raises for worker trouble."""
-        try:
-            worker = await self._acquire()
-        except NamespaceUnavailable as exc:
-            return Outcome(
-                error=TaskError(type="NamespaceUnavailable", message=str(exc), kind=FailureKind.UNAVAILABLE),
-                namespace=self.ns.name,
-            )
+        idle = self._idle
+        if idle and self.state is PoolState.OK and idle[0].state is WorkerState.IDLE:
+            worker = idle.popleft()  # the common case, without _acquire's coroutine
+        else:
+            try:
+                worker = await self._acquire()
+            except NamespaceUnavailable as exc:
+                return Outcome(
+                    error=TaskError(type="NamespaceUnavailable", message=str(exc), kind=FailureKind.UNAVAILABLE),
+                    namespace=self.ns.name,
+                )
         self.bus.emit(
             ev.TaskStarted(namespace=self.ns.name, task_id=task.id, task_type=task.type, attempt=task.attempt,
                            worker_pid=worker.pid)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-import uuid
+import os
 from typing import Any
 
 import attrs
@@ -12,7 +12,16 @@ from .errors import TaskFailed
 
 
 def new_task_id() -> str:
-    return uuid.uuid4().hex
+    """A random (version 4) UUID as 32 hex digits, like ``uuid.uuid4().hex``.
+
+    Built from ``os.urandom`` directly: ``uuid.uuid4()`` goes through a UUID
+    object and costs ~3.5 µs, a good share of a no-op task's supervisor time.
+    Random, so unique across processes and restarts (sources rely on that).
+    """
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 @attrs.define(kw_only=True)

@@ -93,17 +93,20 @@ class Supervisor:
         """One try of ``task`` on its route's current namespace."""
         if self._closed or not self.pools:
             raise SupervisorClosed("the supervisor is not running")
-        rejected = self._validate(task)
-        if rejected is not None:
+        route = self.config.routes.get(task.type, ())
+        if not route or not isinstance(task.params, dict):
+            rejected = self._validate(task)
+            assert rejected is not None
             return Outcome(error=rejected)
-        route = self.route(task.type)
         # A reload may have shortened the route under a task already on it.
-        task.route_index = min(task.route_index, len(route) - 1)
-        # Skip namespaces that cannot serve at all when the route has a fallback.
-        while task.route_index + 1 < len(route) and self._unavailable(route[task.route_index]):
-            task.route_index += 1
-        pool = self.pools[route[task.route_index]]
-        return await pool.execute(task)
+        index = task.route_index
+        if index >= len(route):
+            index = task.route_index = len(route) - 1
+        if len(route) > 1:
+            # Skip namespaces that cannot serve at all when the route has a fallback.
+            while index + 1 < len(route) and self._unavailable(route[index]):
+                index = task.route_index = index + 1
+        return await self.pools[route[index]].execute(task)
 
     def _unavailable(self, name: str) -> bool:
         pool = self.pools[name]

@@ -79,7 +79,7 @@ def connect(path: Path, *, busy_timeout: float) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    _enable_wal(conn, busy_timeout)
     # WAL + NORMAL survives a crash of any process; only a power cut can lose the last commits.
     conn.execute("PRAGMA synchronous = NORMAL")
     with _write(conn):
@@ -90,6 +90,26 @@ def connect(path: Path, *, busy_timeout: float) -> sqlite3.Connection:
         elif int(row["value"]) != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"queue schema version {row['value']} is not {SCHEMA_VERSION}")
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch a new file to WAL, waiting out another process doing the same.
+
+    SQLite answers "database is locked" at once, without its busy handler,
+    when two connections race to change the journal mode of a fresh file
+    (a producer and a supervisor started together); so retry here.
+    """
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def _create(conn: sqlite3.Connection) -> None:
