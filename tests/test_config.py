@@ -145,3 +145,14 @@ def test_relative_paths_resolve_against_config_folder(tmp_path):
         assert load_config(sub / "c.yaml").namespaces[0].project_path.resolve() == WORKERS
     finally:
         os.chdir(cwd)
+
+
+def test_cli_run_refuses_bad_params_as_usage_error(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"workers": [namespace("a", "echo")]}))
+    cli = [sys.executable, "-m", "workerhost.cli", "run", "-c", str(good), "a"]
+    for params, reason in (("not json", "--params is not valid JSON"), ("[1]", "--params must be a JSON object")):
+        res = subprocess.run([*cli, "--params", params], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and reason in res.stderr and "Traceback" not in res.stderr
+    ok = subprocess.run([*cli, "--params", '{"x": 1}'], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and '"status": "completed"' in ok.stdout

@@ -37,13 +37,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(message: str) -> SystemExit:
+    """A usage error: one line on stderr, exit code 2 (as ``submit`` does)."""
+    print(f"workerhost-supervisor: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
 def _parse_params(text: str) -> dict[str, Any]:
     try:
         params = json.loads(text)
     except ValueError as exc:
-        raise SystemExit(f"workerhost-supervisor: --params is not valid JSON: {exc}") from exc
+        raise _usage(f"--params is not valid JSON: {exc}") from exc
     if not isinstance(params, dict):
-        raise SystemExit("workerhost-supervisor: --params must be a JSON object")
+        raise _usage("--params must be a JSON object")
     return params
 
 
@@ -61,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 doc = json.loads(line)
                 jobs.append((str(doc["type"]), doc.get("params") or {}))
             except (ValueError, KeyError, TypeError) as exc:
-                raise SystemExit(f"workerhost-supervisor: stdin line {n}: expected {{\"type\", \"params\"}}: {exc}") from exc
+                raise _usage(f"stdin line {n}: expected {{\"type\", \"params\"}}: {exc}") from exc
 
     async def go() -> int:
         async with Supervisor(config) as sup:
