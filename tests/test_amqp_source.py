@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +13,7 @@ import aio_pika
 import pytest
 
 from tests.conftest import namespace
-from tests.helpers.services import AMQP_URL
+from tests.helpers.services import AMQP_URL, closed_port, run_with_service_missing
 from workerhost._schema import Reader
 from workerhost.dispatch import Dispatcher
 from workerhost.errors import ConfigError, SourceError, SourceFatal
@@ -334,16 +331,8 @@ async def test_supervisor_runs_tasks_from_rabbitmq(amqp_prefix: str, make_config
 # -- a missing service fails under CI, skips elsewhere --------------------------------------------
 @pytest.mark.parametrize("ci", ["true", None])
 def test_missing_rabbitmq_fails_under_ci_and_skips_locally(ci: str | None) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "CI"}
-    env["WORKERHOST_TEST_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{port}/"
-    if ci:
-        env["CI"] = ci
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                          f"{__file__}::test_implements_the_contract"],
-                         capture_output=True, text=True, env=env, cwd=Path(__file__).parent.parent, timeout=60)
+    res = run_with_service_missing(__file__, "test_implements_the_contract", env_var="WORKERHOST_TEST_AMQP_URL",
+                                   url=f"amqp://guest:guest@127.0.0.1:{closed_port()}/", ci=ci)
     if ci:
         assert res.returncode == 1 and "rabbitmq is required under CI" in res.stdout, res.stdout
     else:

@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import namespace
-from tests.helpers.services import REDIS_URL
+from tests.helpers.services import REDIS_URL, closed_port, run_with_service_missing
 from workerhost._schema import Reader
 from workerhost.dispatch import Dispatcher
 from workerhost.errors import ConfigError, SourceError, SourceFatal
@@ -370,16 +369,8 @@ async def test_supervisor_runs_tasks_from_redis(redis_prefix: str, make_config: 
 # -- a missing service fails under CI, skips elsewhere ------------------------------------------
 @pytest.mark.parametrize("ci", ["true", None])
 def test_missing_redis_fails_under_ci_and_skips_locally(ci: str | None, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k != "CI"}
-    env["WORKERHOST_TEST_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-    if ci:
-        env["CI"] = ci
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                          f"{__file__}::test_implements_the_contract"],
-                         capture_output=True, text=True, env=env, cwd=Path(__file__).parent.parent, timeout=60)
+    res = run_with_service_missing(__file__, "test_implements_the_contract", env_var="WORKERHOST_TEST_REDIS_URL",
+                                   url=f"redis://127.0.0.1:{closed_port()}/0", ci=ci)
     if ci:
         assert res.returncode == 1 and "redis is required under CI" in res.stdout, res.stdout
     else:

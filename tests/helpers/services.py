@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -96,3 +99,24 @@ async def amqp_prefix() -> AsyncIterator[str]:
     prefix = f"wht-{uuid.uuid4().hex[:10]}"
     yield prefix
     await asyncio.wait_for(delete_amqp(prefix), 30)
+
+
+def run_with_service_missing(
+    test_file: str, test_name: str, *, env_var: str, url: str, ci: str | None
+) -> subprocess.CompletedProcess[str]:
+    """Run one test of ``test_file`` in a child pytest whose service URL points at a closed port."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env[env_var] = url
+    if ci:
+        env["CI"] = ci
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"{test_file}::{test_name}"],
+        capture_output=True, text=True, env=env, cwd=Path(test_file).parent.parent, timeout=60,
+    )
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
