@@ -156,7 +156,6 @@ ATTRIBUTE_NOTES: dict[str, list[str]] = {
         "",
         "- `task_id`, `task_type`, `attempt` (1 on the first try), `metadata` — about the task.",
         "- `deadline` — Unix time after which the supervisor stops the task (`timeout:`), or None.",
-        "- `log` — a `logging.LoggerAdapter` whose records carry the task id to the supervisor's log.",
     ],
 }
 

@@ -161,3 +161,35 @@ async def test_config_secrets_never_reach_the_log(make_config: Callable[..., Con
     said = [line for line in lines if "says" in line["message"]]
     assert len(said) == 2 and all("k=***" in line["message"] for line in said)
     assert any(line.get("exception", "").endswith("auth failed for ***") for line in lines)
+
+
+def test_task_lines_follow_the_sinks_level_as_it_changes() -> None:
+    """The observer skips a task's DEBUG/INFO lines only while no sink would take them."""
+    from workerhost import events as ev
+    from workerhost.logobserver import LoggingObserver
+
+    observe = LoggingObserver()
+
+    def one_task(task_id: str) -> None:
+        observe(ev.TaskReceived(task_id=task_id, task_type="t"))
+        observe(ev.TaskStarted(namespace="ns", task_id=task_id, task_type="t", attempt=1, worker_pid=7))
+        observe(ev.TaskCompleted(namespace="ns", task_id=task_id, task_type="t", attempt=1, duration=0.01,
+                                 worker_pid=7))
+
+    warning = io.StringIO()
+    configure_logging(LoggingConfig(format="json", level="WARNING"), stream=warning)
+    one_task("w")
+    assert warning.getvalue() == ""
+
+    info = io.StringIO()
+    logger.add(info, level="INFO", format="{message}")  # a second sink, added while running
+    one_task("i")
+    assert [line for line in info.getvalue().splitlines()] == ["task completed in 0.010s (attempt 1)"]
+    assert warning.getvalue() == ""
+
+    debug = io.StringIO()
+    logger.add(debug, level="DEBUG", format="{message} {extra[task_id]} {extra[pid]}")
+    one_task("d")
+    assert debug.getvalue().splitlines() == [
+        "task received (t) d None", "task started (attempt 1) d 7", "task completed in 0.010s (attempt 1) d 7",
+    ]

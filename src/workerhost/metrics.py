@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import events as ev
+from ._task_metrics import TaskSeries
 
 #: Seconds; from fast in-memory handlers up to the default 300 s timeout.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -47,17 +48,9 @@ class Metrics:
         )
         self._gauges = _SnapshotCollector(snapshot)
         r = self.registry
-        self.tasks = Counter(
-            "workerhost_tasks", "Tasks that ended, and tries that were retried, by outcome "
-            "(completed, failed, retried).", ["namespace", "type", "outcome"], registry=r,
-        )
-        self.attempts = Counter(
-            "workerhost_task_attempts", "Tries started on a worker.", ["namespace", "type"], registry=r,
-        )
-        self.duration = Histogram(
-            "workerhost_task_duration_seconds", "Time a try spent on its worker, by outcome.",
-            ["namespace", "type", "outcome"], buckets=DURATION_BUCKETS, registry=r,
-        )
+        # The per-task series: plain numbers, exported at scrape time (see _task_metrics).
+        self.task_series = TaskSeries(buckets=DURATION_BUCKETS)
+        r.register(self.task_series)
         self.restarts = Counter(
             "workerhost_worker_restarts", "Worker exits by reason (max_tasks, max_age, idle, memory_soft, "
             "memory_hard, cpu, timeout, crash, protocol_error, shutdown, reload, ...).",
@@ -74,12 +67,6 @@ class Metrics:
             buckets=STARTUP_BUCKETS, registry=r,
         )
         r.register(self._gauges)
-        # Label children by label values: ``labels()`` validates and locks on
-        # every call (~3 µs); a task's events need four of them. Keyed by the
-        # label values as reported (the type already folded to ``unknown``),
-        # so the series stay bounded exactly as the labels are.
-        self._attempts: dict[tuple[str, str], Any] = {}
-        self._ended: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def attach(self, snapshot: Snapshot) -> None:
         """Read gauges from ``snapshot`` (the supervisor's status) at scrape time."""
@@ -96,32 +83,17 @@ class Metrics:
     def _type(self, task_type: str) -> str:
         return task_type if self._known(task_type) else "unknown"
 
-    def _ended_children(self, ns: str, task_type: str, outcome: str) -> tuple[Any, Any]:
-        key = (ns, self._type(task_type), outcome)
-        children = self._ended.get(key)
-        if children is None:
-            children = self._ended[key] = (self.tasks.labels(*key), self.duration.labels(*key))
-        return children
-
     def __call__(self, event: ev.Event) -> None:
         ns = event.namespace or "none"
         match event:
             case ev.TaskStarted(task_type=t):
-                key = (ns, self._type(t))
-                child = self._attempts.get(key)
-                if child is None:
-                    child = self._attempts[key] = self.attempts.labels(*key)
-                child.inc()
+                self.task_series.attempt(ns, self._type(t))
             case ev.TaskCompleted(task_type=t, duration=d):
-                count, hist = self._ended_children(ns, t, "completed")
-                count.inc()
-                hist.observe(d)
+                self.task_series.ended(ns, self._type(t), "completed", d)
             case ev.TaskFailed(task_type=t, duration=d):
-                count, hist = self._ended_children(ns, t, "failed")
-                count.inc()
-                hist.observe(d)
+                self.task_series.ended(ns, self._type(t), "failed", d)
             case ev.TaskRetried(task_type=t):
-                self.tasks.labels(ns, self._type(t), "retried").inc()
+                self.task_series.ended(ns, self._type(t), "retried")
             case ev.WorkerExited(reason=reason):
                 self.restarts.labels(ns, reason).inc()
             case ev.WorkerRecycled(reason=reason):

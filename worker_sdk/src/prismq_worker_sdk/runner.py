@@ -44,6 +44,13 @@ from .protocol import (
     error_payload,
 )
 
+try:
+    import fcntl as _fcntl
+    import termios as _termios
+except ImportError:  # pragma: no cover - not POSIX: drain() then sends only what was read
+    _fcntl = None  # type: ignore[assignment]
+    _termios = None  # type: ignore[assignment]
+
 #: A log frame carries at most this much of one line; the rest is cut so a
 #: single enormous print() cannot make a frame the supervisor must refuse.
 MAX_LOG_LINE = 64 * 1024
@@ -302,25 +309,24 @@ class _Capture:
         os.set_blocking(fd, False)
 
     def _unread(self) -> int:
-        try:
-            import fcntl
-            import termios
-
-            buf = fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0")
-            return int.from_bytes(buf, sys.byteorder)
-        except Exception:  # pragma: no cover - no FIONREAD on this platform
+        if _fcntl is None:  # pragma: no cover - no FIONREAD on this platform
             return 0
+        try:
+            buf = _fcntl.ioctl(self.fd, _termios.FIONREAD, b"\0\0\0\0")
+        except OSError:  # pragma: no cover - the pipe is gone
+            return 0
+        return int.from_bytes(buf, sys.byteorder)
 
     def drain(self, timeout: float = 0.5) -> None:
         """Send what was already written to fd 1 (for at most ``timeout`` s: a child may never stop).
 
         One lock and one ioctl when nothing was printed, which is the common case.
         """
-        deadline = time.monotonic() + timeout
         with self._lock:
-            while self._unread() > 0 and time.monotonic() < deadline:
-                if not self._read():
-                    break
+            if self._unread() > 0:
+                deadline = time.monotonic() + timeout
+                while self._read() and self._unread() > 0 and time.monotonic() < deadline:
+                    pass
             if self._pending:
                 self._send(self._pending)
                 self._pending = b""
