@@ -78,3 +78,29 @@ class LoadMeter:
             "loadavg_start": [round(x, 2) for x in self._load0],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         }
+
+
+class BusyLoops:
+    """``n`` processes spinning on a core each for the whole run (``--contend N``).
+
+    A shared machine's load comes and goes; this makes it a setting, so
+    the "with a busy neighbour" figures can be reproduced. A busy neighbour
+    changes the picture in a way a quiet machine hides: the bare pipe gets
+    *faster* (parent and child hand the core to each other instead of waking
+    an idle one), so every contender's own CPU per task weighs more.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> BusyLoops:
+        self._procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for proc in self._procs:
+            proc.kill()
+        for proc in self._procs:
+            proc.wait()
+        self._procs = []

@@ -54,6 +54,9 @@ def render(results: dict[str, Any]) -> str:
         f"the run took {cond['duration_s']:.0f} s.",
         "",
     ]
+    if cond.get("contend"):
+        lines[-1:-1] = [f"Contention: {cond['contend']} busy-loop process(es) spun beside the suite for the "
+                        f"whole run (`--contend {cond['contend']}`): a busy neighbour on purpose."]
     lines += _targets(results)
     lines += _latency(results.get("latency") or [])
     lines += _throughput(results.get("throughput") or [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,29 @@ def test_tiny_run_writes_results_that_parse(tmp_path: Path) -> None:
         assert "No chart" in markdown
     else:
         assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(90)
+def test_contend_runs_busy_neighbours_and_takes_them_away(tmp_path: Path) -> None:
+    import psutil
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks", "run", "--profile", "tiny", "--only", "latency", "--contend", "2",
+         "--out", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    spinners: set[int] = set()
+    while proc.poll() is None:
+        try:
+            kids = psutil.Process(proc.pid).children()
+            spinners |= {k.pid for k in kids if "while True: pass" in " ".join(k.cmdline())}
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert len(spinners) == 2, "two busy loops ran beside the suite"
+    assert not [p for p in spinners if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    data = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert data["meta"]["conditions"]["contend"] == 2
+    assert "2 busy-loop process(es) spun beside the suite" in (tmp_path / "results.md").read_text(encoding="utf-8")
