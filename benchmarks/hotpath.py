@@ -51,7 +51,7 @@ async def run(tasks: int, rounds: int) -> list[tuple[str, list[float]]]:
                 return
             loop.call_soon(worker._dispatch, {"op": "result", "id": task.id, "success": True, "result": {}})
 
-        observers = list(sup.bus._observers)
+        observers = list(sup.bus.observers)
         no_log = [o for o in observers if not isinstance(o, LoggingObserver)]
         same = Task(type="echo")
         layers: list[tuple[str, list[Any], Callable[[], Awaitable[Any]]]] = [
@@ -68,10 +68,10 @@ async def run(tasks: int, rounds: int) -> list[tuple[str, list[float]]]:
         try:
             for _ in range(rounds):
                 for name, obs, fn in layers:
-                    sup.bus._observers[:] = obs
+                    sup.bus._observers = tuple(obs)
                     results[name].append(await _measure(fn, tasks))
         finally:
-            sup.bus._observers[:] = observers
+            sup.bus._observers = tuple(observers)
             worker._write = real_write  # type: ignore[method-assign]
     return list(results.items())
 
