@@ -14,7 +14,9 @@ pool. Each claimed task is one owned asyncio task::
 Progress events of a held task are forwarded to ``source.progress``
 (coalesced: only the latest value is sent). Sources that lease their
 claims (:class:`~workerhost.sources.base.RenewsLeases`) are renewed while
-tasks run. A source that cannot be reached is logged and retried under a
+tasks run. An idle claim loop polls with a growing interval, or, where the
+source can tell when tasks arrive (:class:`~workerhost.sources.base.WaitsForTasks`),
+waits for that. A source that cannot be reached is logged and retried under a
 capped, jittered backoff; it never takes the supervisor down.
 
 ``stop(graceful_timeout)`` stops claiming, gives back at once every task
@@ -38,11 +40,12 @@ import attrs
 from loguru import logger
 
 from . import events as ev
+from ._idle import wait_for_tasks
 from ._tasks import TaskOwner
 from .errors import SourceError, SourceFatal, SupervisorClosed
 from .pool import PoolState
 from .records import Outcome, TaskError
-from .sources.base import Claimed, RenewsLeases, TaskSource
+from .sources.base import Claimed, RenewsLeases, TaskSource, WaitsForTasks
 from .supervisor import Supervisor
 
 
@@ -247,6 +250,12 @@ class Dispatcher:
     async def _claim_loop(self, ns: str) -> None:
         wake = self._wake[ns]
         idle = self.options.poll_interval
+        # After an empty claim, a source that can tell when tasks arrive is
+        # waited on; if its word was followed by another empty claim, the
+        # next wait is a plain sleep, so a source that keeps saying "maybe"
+        # costs no more than polling.
+        waits = isinstance(self.source, WaitsForTasks)
+        rang_in_vain = False
         while not self._stopping.is_set():
             types = self._claim_types(ns)
             room = self._room(ns) if types else 0
@@ -263,10 +272,18 @@ class Dispatcher:
                 continue
             self._source_ok()
             if not batch:
-                await self._sleep(idle * random.uniform(0.5, 1.0))
-                idle = min(idle * 2, self.options.poll_max_interval)
+                rang: bool | None = None
+                if waits and not rang_in_vain:
+                    assert isinstance(self.source, WaitsForTasks)
+                    rang = await wait_for_tasks(self.source, types, timeout=self.options.poll_max_interval,
+                                                stopping=self._stopping, wake=wake)
+                if rang is None:
+                    await self._sleep(idle * random.uniform(0.5, 1.0))
+                    idle = min(idle * 2, self.options.poll_max_interval)
+                rang_in_vain = bool(rang)
                 continue
             idle = self.options.poll_interval
+            rang_in_vain = False
             for claimed in batch:
                 self._accept(ns, claimed)
 
@@ -372,6 +389,8 @@ class Dispatcher:
         if self.source.durable_retries:
             await self._report(held, "retry",
                                functools.partial(self.source.retry, claimed, next_task, decision.delay, error))
+            # An idle claim loop waiting on the source learns of the retry's due time.
+            self._wake_group(held.group)
             return True
         # The source cannot hold a delayed retry: wait here, holding the claim but no worker.
         held.reporting = False

@@ -83,7 +83,7 @@ async def delete_amqp(prefix: str, *, types: Iterable[str] = AMQP_TEST_TYPES,
         delays = [topology.delay(int(b * 1000)) for b in DELAY_BUCKETS]
         for name in names + delays:
             await channel.queue_delete(name)
-        for name in delays:
+        for name in [*delays, topology.bell]:
             await channel.exchange_delete(name)
     finally:
         await connection.close()

@@ -29,7 +29,16 @@ import attrs
 from .._schema import Reader
 from ..config import Config
 from ..errors import ConfigError
-from .base import Claimed, DeadLetters, Inspectable, Producer, RenewsLeases, TaskRecord, TaskSource
+from .base import (
+    Claimed,
+    DeadLetters,
+    Inspectable,
+    Producer,
+    RenewsLeases,
+    TaskRecord,
+    TaskSource,
+    WaitsForTasks,
+)
 
 if TYPE_CHECKING:
     from ..dispatch import DispatchOptions
@@ -43,6 +52,7 @@ __all__ = [
     "SourceSettings",
     "TaskRecord",
     "TaskSource",
+    "WaitsForTasks",
     "make_producer",
     "make_source",
     "read_settings",

@@ -232,6 +232,18 @@ def claim(
     ]
 
 
+def next_due(conn: sqlite3.Connection, task_types: Sequence[str]) -> float | None:
+    """Unix time at which a task of these types becomes claimable without a submit: a delayed
+    retry's ``not_before`` or a claim's lease expiry (None: nothing is waiting on the clock)."""
+    marks = ",".join("?" * len(task_types))
+    row = conn.execute(
+        f"SELECT MIN(t) FROM (SELECT MIN(not_before) AS t FROM tasks WHERE type IN ({marks}) AND status = 'pending'"
+        f" UNION ALL SELECT MIN(lease_expires) FROM tasks WHERE type IN ({marks}) AND status = 'claimed')",
+        [*task_types, *task_types],
+    ).fetchone()
+    return float(row[0]) if row and row[0] is not None else None
+
+
 def _lease_error(n: int) -> dict[str, Any]:
     return TaskError(type="LeaseExpired", message=f"claimed {n + 1} times by supervisors that never reported back",
                      retry_possible=True).to_dict()

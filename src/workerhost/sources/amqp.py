@@ -10,6 +10,9 @@ Topology under a ``prefix`` (all durable, persistent messages, publisher confirm
                               when its retries were spent, failed when it could not be retried)
     reply_to queues           one per producer: final results and progress, correlation id = task id
 
+- producers ring ``{prefix}.bell`` (a fanout exchange; each supervisor
+  consumes it through an exclusive queue) after they publish tasks, so an
+  idle supervisor claims at once instead of at its next poll.
 - claim is ``basic.get`` (pull), at most ``limit`` messages, manual ack. A
   push consumer would hold up to its ``basic.qos`` prefetch whatever the
   pool's state; pulling exactly what the dispatcher asks for (free worker
@@ -36,7 +39,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+import uuid
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -50,6 +54,7 @@ from workerhost._schema import Reader
 from workerhost.errors import SourceError, SourceFatal
 from workerhost.records import Task, TaskError
 from workerhost.sources._common import final_status, redact
+from workerhost.sources._doorbell import Chime
 from workerhost.sources.base import Claimed
 
 T = TypeVar("T")
@@ -59,6 +64,9 @@ DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DELAY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
 #: Retry delays shorter than this go straight back to the work queue.
 MIN_DELAY = 0.05
+#: Seconds after a delayed retry's time during which an idle wait keeps
+#: ending at once to look for it (see AmqpSource.wait_for_tasks).
+DUE_GRACE = 2.0
 WORK_ARGS: dict[str, Any] = {"x-max-priority": 10}
 
 
@@ -107,6 +115,10 @@ class Topology:
     def dead(self) -> str:
         return f"{self.prefix}.dead"
 
+    @property
+    def bell(self) -> str:
+        return f"{self.prefix}.bell"
+
 
 def delay_bucket(delay: float) -> int | None:
     """The bucket (ms) a retry delay waits in, or None to go straight back to work."""
@@ -124,6 +136,7 @@ class Declared:
         self.topology = topology
         self._queues: dict[str, AbstractQueue] = {}
         self._delays: dict[int, aio_pika.abc.AbstractExchange] = {}
+        self._bell: aio_pika.abc.AbstractExchange | None = None
 
     async def work(self, task_type: str) -> AbstractQueue:
         name = self.topology.work(task_type)
@@ -157,6 +170,25 @@ class Declared:
     async def publish_work(self, message: aio_pika.Message, task_type: str) -> None:
         await self.work(task_type)
         await self.channel.default_exchange.publish(message, routing_key=self.topology.work(task_type))
+
+    async def bell(self) -> aio_pika.abc.AbstractExchange:
+        if self._bell is None:
+            self._bell = await self.channel.declare_exchange(self.topology.bell, aio_pika.ExchangeType.FANOUT,
+                                                             durable=True)
+        return self._bell
+
+    async def ring(self, task_types: Iterable[str]) -> None:
+        """Tell idle supervisors that tasks of these types were queued (a hint: see :mod:`._doorbell`).
+
+        Published after the tasks on the same channel, so the broker has
+        routed them by the time a supervisor hears the ring. Not mandatory:
+        with no supervisor listening it is simply dropped.
+        """
+        exchange = await self.bell()
+        await asyncio.gather(*(
+            exchange.publish(aio_pika.Message(b"", delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
+                             routing_key=t, mandatory=False)
+            for t in set(task_types)))
 
 
 @contextlib.contextmanager
@@ -209,16 +241,60 @@ class AmqpSource:
         self._connection: AbstractRobustConnection | None = None
         self._declared: Declared | None = None
         self._rr = 0
+        self._chime = Chime()
+        self._listening = False
+        #: (monotonic time, type) at which a retry this source delayed is back in its work queue.
+        self._due: list[tuple[float, str]] = []
 
     async def connect(self) -> None:
         self._connection = await connect(self.config)
         with translated("connect", self.config):
             channel = await self._timed(self._connection.channel(publisher_confirms=True, on_return_raises=True))
         self._declared = Declared(channel, self.topology)
+        self._listening = await self._listen_for_bells()
         logger.info("amqp source connected to {}", self.config.display_url)
+
+    async def _listen_for_bells(self) -> bool:
+        """An exclusive queue on the bell exchange, consumed without acks (the robust channel restores it)."""
+        try:
+            with translated("bell", self.config):
+                exchange = await self._timed(self.declared.bell())
+                queue = await self._timed(self.declared.channel.declare_queue(
+                    f"{self.topology.bell}.{uuid.uuid4().hex[:12]}", exclusive=True, auto_delete=True,
+                    arguments={"x-max-length": 16}))
+                await self._timed(queue.bind(exchange))
+                await self._timed(queue.consume(self._on_bell, no_ack=True))
+        except SourceError as exc:
+            logger.warning("amqp: no doorbell ({}): an idle supervisor polls instead", exc)
+            return False
+        return True
+
+    async def _on_bell(self, message: AbstractIncomingMessage) -> None:
+        self._chime.ring()
+
+    async def wait_for_tasks(self, task_types: Sequence[str], timeout: float) -> bool | None:
+        """Wait for a producer's ring, or until a retry this source delayed is back in its work queue.
+
+        None without a doorbell (the dispatcher polls).
+        """
+        if not self._listening:
+            return None
+        now = time.monotonic()
+        # A retry is looked for during DUE_GRACE after its time (the broker
+        # moves an expired message a moment late); claims in that window
+        # come back empty at worst, and the dispatcher sleeps between them.
+        self._due = [(at, t) for at, t in self._due if at > now - DUE_GRACE]
+        wanted = set(task_types)
+        due = [at for at, task_type in self._due if task_type in wanted]
+        if due and min(due) <= now:
+            return True
+        if due and min(due) - now < timeout:
+            return await self._chime.wait(tuple(task_types), min(due) - now) or True
+        return await self._chime.wait(tuple(task_types), timeout)
 
     async def close(self) -> None:
         connection, self._connection, self._declared = self._connection, None, None
+        self._listening = False
         if connection is not None:
             with contextlib.suppress(AMQPError, OSError, RuntimeError, asyncio.TimeoutError):
                 await asyncio.wait_for(connection.close(), self.config.op_timeout)
@@ -289,11 +365,16 @@ class AmqpSource:
             await self._ready()
             if bucket is None:
                 await self._timed(self.declared.publish_work(copy, next_task.type))
+                await self._timed(self.declared.ring([next_task.type]))
             else:
                 exchange = await self._timed(self.declared.delay(bucket))
                 # The routing key is the work queue: the delay queue dead-letters
                 # the message back there with it when its TTL is over.
                 await self._timed(exchange.publish(copy, routing_key=self.topology.work(next_task.type)))
+                # Nobody rings when the broker moves it back: this supervisor's
+                # idle wait ends by itself then; other supervisors see it at
+                # their next look.
+                self._due.append((time.monotonic() + bucket / 1000, next_task.type))
         await self._settle(claimed, "retry")
 
     async def fail(self, claimed: Claimed, error: TaskError) -> None:

@@ -94,6 +94,7 @@ class AmqpProducer:
         with translated("submit", self.config):
             await asyncio.wait_for(declared.publish_work(
                 task_message(task, reply_to=self.reply_queue, priority=priority), task_type), self.config.op_timeout)
+            await asyncio.wait_for(declared.ring([task_type]), self.config.op_timeout)
         self._records[task.id] = TaskRecord(id=task.id, type=task_type, status="pending", params=params)
         return task.id
 
@@ -106,6 +107,7 @@ class AmqpProducer:
                 await declared.work(task_type)
             await asyncio.gather(*(declared.publish_work(task_message(t, reply_to=self.reply_queue), t.type)
                                    for t in batch))
+            await declared.ring(t.type for t in batch)
         for t in batch:
             self._records[t.id] = TaskRecord(id=t.id, type=t.type, status="pending", params=t.params)
         return [t.id for t in batch]
@@ -223,6 +225,7 @@ class AmqpProducer:
         task.failures = task.worker_losses = task.route_index = 0
         await declared.publish_work(task_message(task, reply_to=message.reply_to, priority=message.priority or 0),
                                     task.type)
+        await declared.ring([task.type])
         await message.ack()
         if task.id in self._records:
             old = self._records[task.id]

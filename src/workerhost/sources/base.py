@@ -20,7 +20,8 @@ the source and returns normally: there is nothing left to retry.
 
 Optional capabilities are separate protocols, checked with ``isinstance``:
 :class:`RenewsLeases` (the dispatcher heartbeats the claims it holds),
-:class:`Inspectable` (``tasks`` command) and :class:`DeadLetters`
+:class:`WaitsForTasks` (an idle dispatcher waits for new tasks instead of
+polling), :class:`Inspectable` (``tasks`` command) and :class:`DeadLetters`
 (``dead`` command).
 """
 
@@ -118,6 +119,26 @@ class RenewsLeases(Protocol):
 
     async def renew(self, claimed: Sequence[Claimed]) -> None:
         """Extend the lease of every task in ``claimed``; lost leases are logged, not raised."""
+        ...
+
+
+@runtime_checkable
+class WaitsForTasks(Protocol):
+    """A source that can tell when new tasks arrive, so an idle dispatcher need not poll.
+
+    Without it the dispatcher polls an idle source with a growing interval
+    (``poll_interval`` doubling up to ``poll_max_interval``), so a task sent
+    to an idle supervisor waits for the next poll; with it the task is
+    claimed within a round trip of its submit.
+    """
+
+    async def wait_for_tasks(self, task_types: Sequence[str], timeout: float) -> bool | None:
+        """Return True as soon as tasks of these types may be ready to claim, False after ``timeout`` s.
+
+        None when the source cannot wait right now (the dispatcher polls
+        instead). Claims nothing, so it is safe to cancel at any point. A
+        spurious True only costs an empty claim. Raises SourceError like ``claim``.
+        """
         ...
 
 

@@ -7,6 +7,11 @@ stops renewing, its leases run out and its tasks are handed out again
 (at-least-once). Delayed retries wait in the file (``not_before``), so they
 survive a restart. The storage and its schema live in :mod:`._sqlite_queue`.
 
+An idle supervisor does not poll the file: producers ring a doorbell (a
+datagram socket per supervisor in ``<queue>.bells/``, :mod:`._doorbell`)
+after they commit, and the supervisor sleeps until a ring or until the
+next delayed retry or lease expiry falls due.
+
 SQLite calls block, so they run on one dedicated thread per source or
 producer (which also owns the connection); the event loop never waits on
 the disk or on another process's lock.
@@ -20,6 +25,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +36,7 @@ from ..errors import SourceError
 from ..producer import poll_until_final
 from ..records import FailureKind, Task, TaskError
 from . import _sqlite_queue as store
+from ._doorbell import SocketBell, bell_folder, ring_folder
 from .base import Claimed, TaskRecord
 
 T = TypeVar("T")
@@ -98,10 +105,14 @@ class _Reader:
         return await self.list_tasks(status="dead", limit=limit)
 
     async def requeue(self, task_id: str) -> bool:
-        return await self._db.call(store.requeue, task_id=task_id) == 1
+        done = await self._db.call(store.requeue, task_id=task_id) == 1
+        ring_folder(bell_folder(self._db.path))
+        return done
 
     async def requeue_all(self) -> int:
-        return await self._db.call(store.requeue, task_id=None, states=("dead",))
+        count = await self._db.call(store.requeue, task_id=None, states=("dead",))
+        ring_folder(bell_folder(self._db.path))
+        return count
 
     async def close(self) -> None:
         await self._db.close()
@@ -123,9 +134,30 @@ class EmbeddedSource(_Reader):
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self._db = _Db(path, busy_timeout=busy_timeout)
         self._log = logger.bind(source="embedded")
+        self._bell = SocketBell(bell_folder(path))
+        self._listening = False
 
     async def connect(self) -> None:
         await self._db.call(store.counts)  # opens the file, creates the schema
+        self._listening = self._bell.open()
+
+    async def close(self) -> None:
+        self._bell.close()
+        self._listening = False
+        await super().close()
+
+    async def wait_for_tasks(self, task_types: Sequence[str], timeout: float) -> bool | None:
+        """Wait for a producer's ring, or until a delayed retry or an expired lease falls due.
+
+        None when there is no doorbell here (the dispatcher polls instead).
+        """
+        if not self._listening:
+            return None
+        due = await self._db.call(store.next_due, list(task_types))
+        if due is not None and due - time.time() < timeout:
+            # Ends when the retry or the lease falls due, and says so.
+            return await self._bell.chime.wait(tuple(task_types), due - time.time()) or True
+        return await self._bell.chime.wait(tuple(task_types), timeout)
 
     async def claim(self, task_types: Sequence[str], limit: int) -> list[Claimed]:
         if not task_types or limit <= 0:
@@ -175,6 +207,7 @@ class EmbeddedSource(_Reader):
 
     async def release(self, claimed: Claimed) -> None:
         await self._db.call(store.release, [(claimed.task.id, claimed.receipt)])
+        ring_folder(bell_folder(self.path))  # another supervisor on this file may take it now
 
     async def renew(self, claimed: Sequence[Claimed]) -> None:
         lost = await self._db.call(store.renew, [(c.task.id, c.receipt) for c in claimed], lease=self.lease_seconds)
@@ -226,7 +259,9 @@ class EmbeddedProducer(_Reader):
 
     async def submit_items(self, items: Iterable[dict[str, Any]]) -> list[str]:
         """Enqueue many tasks in one transaction ({type, params, priority?, dedupe_key?, metadata?, delay?})."""
-        return await self._db.call(store.submit_many, list(items))
+        ids = await self._db.call(store.submit_many, list(items))
+        ring_folder(bell_folder(self.path))
+        return ids
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> TaskRecord:
         """Wait until the task is completed, failed or dead; raise TimeoutError after ``timeout`` seconds."""

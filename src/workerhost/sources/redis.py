@@ -10,7 +10,9 @@ for. Every supervisor process is one consumer with a unique name
 - claim: due delayed retries are moved back to their streams, entries left
   pending by a dead consumer longer than ``lease_timeout`` are taken over
   (XAUTOCLAIM), then new entries are read (non-blocking XREADGROUP, COUNT
-  limited to what is left of ``limit``).
+  limited to what is left of ``limit``). An idle dispatcher then blocks in
+  :meth:`RedisSource.wait_for_tasks` (XREAD) until an entry arrives, so a
+  task is claimed within a round trip of its XADD.
 - While a task is held the dispatcher renews its lease every
   ``lease_timeout / 3`` (:meth:`RedisSource.renew`: XCLAIM JUSTID resets
   the idle time), so the lease can be short even for long tasks; only a
@@ -309,6 +311,44 @@ class RedisSource:
                         claimed.task.id, claimed.task.type, self.config.lease_timeout, claimed.task.attempt)
             out.append(claimed)
         return out
+
+    async def wait_for_tasks(self, task_types: Sequence[str], timeout: float) -> bool:
+        """Block (XREAD) until an entry our group has not been given arrives; never claims.
+
+        XREAD starts after each group's last-delivered id, so an entry added
+        since the last claim answers at once (no lost wake-up), and reading
+        with XREAD rather than XREADGROUP puts nothing in our pending list:
+        cancelling the wait loses no task. The block is cut short when a
+        delayed retry falls due or a lease check is due, which the next
+        claim then handles.
+        """
+        if not task_types:
+            return False
+        streams = [self.keys.stream(t) for t in task_types]
+        with translated("wait", self.config):
+            for stream in streams:
+                await self._ensure_group(stream)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for stream in streams:
+                    pipe.xinfo_groups(stream)
+                pipe.zrange(self.keys.delayed, 0, 0, withscores=True)
+                *groups, due = await pipe.execute()
+            start: dict[Any, Any] = {
+                stream: next((g["last-delivered-id"] for g in info if g["name"] == self.keys.group), "0-0")
+                for stream, info in zip(streams, groups, strict=True)
+            }
+            block = timeout
+            if due:
+                block = min(block, due[0][1] / 1000 - time.time())
+            now = time.monotonic()
+            for stream in streams:
+                if stream in self._next_reclaim:
+                    block = min(block, self._next_reclaim[stream] - now)
+            if block <= 0.001:
+                return True
+            reply = await self.client.xread(start, count=1, block=max(1, int(block * 1000)))
+        # Cut short for a due retry or lease check: the next claim has work either way.
+        return bool(reply) or block < timeout
 
     def _take(self, stream: str, entry_id: str, fields: dict[str, str], *, redelivered: int) -> Claimed:
         task = Task.from_wire(json.loads(fields["task"]))
