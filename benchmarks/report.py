@@ -180,7 +180,8 @@ def _sources(rows: list[dict[str, Any]]) -> list[str]:
             table.append([r["source"], _num(r["tasks_per_s"]), _num(r["submit_per_s"]),
                           _num(r["p50_us"] / 1000, "{:.1f}"), _num(r["p99_us"] / 1000, "{:.1f}")])
     return (["### End to end through the task sources (pool of 2, no-op)", "",
-             "Producer, dispatcher and supervisor in one process; default poll settings (an idle source is "
-             "polled every 0.05 s, backing off to 1 s), which is most of the one-at-a-time latency.", ""]
+             "Producer, dispatcher and supervisor in one process, default settings: an idle dispatcher waits for "
+             "the source's word that a task arrived (the embedded queue's and RabbitMQ's doorbell, Redis's "
+             "blocking XREAD), so one task at a time costs the source's round trips, not a poll interval.", ""]
             + _table(["Source", "Tasks/s (submit to all done)", "Submits/s", "submit to result p50 (ms)",
                       "p99 (ms)"], table) + [""])

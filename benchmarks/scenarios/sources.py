@@ -10,10 +10,11 @@ a unique key/queue prefix and deletes what it created.
 - latency: one task at a time, from ``submit`` until the producer can
   read it completed (read every millisecond, so the figure is ~1 ms coarse).
 
-Sources claim by polling with the default ``poll_interval`` (0.05 s,
-doubling up to ``poll_max_interval`` while idle), so one-at-a-time latency
-includes waiting for the next poll: that is the configured behaviour, not
-the pool's cost.
+An idle dispatcher waits for the source's word that a task arrived (a
+doorbell for the embedded queue and RabbitMQ, a blocking XREAD for Redis;
+see ``workerhost/_idle.py``), so one-at-a-time latency is the source's own
+round trips (submit, claim, complete, the producer reading the result),
+not a poll interval.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ async def _delete_amqp(prefix: str) -> None:
         delays = [topology.delay(int(b * 1000)) for b in DELAY_BUCKETS]
         for name in [topology.work(TASK_TYPE), topology.dead, *delays]:
             await channel.queue_delete(name)
-        for name in delays:
+        for name in [*delays, topology.bell]:
             await channel.exchange_delete(name)
         # The producer's reply queue has a random name under the prefix; it
         # expires by itself (x-expires) after result_ttl unused.

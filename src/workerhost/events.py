@@ -127,6 +127,7 @@ class EventBus:
 
     @property
     def observers(self) -> tuple[Observer, ...]:
+        """The observers, in the order they are called."""
         return self._observers
 
     def subscribe(self, observer: Observer) -> Callable[[], None]:
@@ -134,6 +135,7 @@ class EventBus:
         return lambda: self.unsubscribe(observer)
 
     def unsubscribe(self, observer: Observer) -> None:
+        """Remove an observer (no error if it is not there)."""
         self._observers = tuple(o for o in self._observers if o is not observer)
 
     def emit(self, event: Event) -> None:
