@@ -136,15 +136,21 @@ async def test_amqp_wait_ends_when_a_retry_it_delayed_is_back(amqp_prefix: str) 
 
 
 # -- the pieces ------------------------------------------------------------------------------
-async def test_chime_keeps_a_ring_that_came_between_two_waits_and_wakes_every_waiter() -> None:
+async def test_chime_answers_rings_since_the_last_claim_for_its_types_only() -> None:
     chime = Chime()
-    assert await chime.wait("a", 0.01) is False  # first look: nothing rang since
-    chime.ring()  # while "a" was busy claiming
-    assert await chime.wait("a", 5) is True
-    assert await chime.wait("a", 0.01) is False
-    waiters = [asyncio.ensure_future(chime.wait(who, 5)) for who in ("a", "b", "c")]
+    chime.mark(["A"])
+    assert await chime.wait(["A"], 0.01) is False
+    chime.mark(["A"])  # a claim starts...
+    chime.ring("A")  # ...and a task arrives while it runs: the next wait must not miss it
+    assert await chime.wait(["A"], 5) is True
+    chime.ring("A")  # a ring before the next claim is answered by that claim
+    chime.mark(["A"])
+    assert await chime.wait(["A"], 0.01) is False
+    chime.ring("B")  # another type's ring does not wake A's loop
+    assert await chime.wait(["A"], 0.05) is False
+    waiters = [asyncio.ensure_future(chime.wait(types, 5)) for types in (["A"], ["B", "C"], ["D"])]
     await asyncio.sleep(0.01)
-    chime.ring()
+    chime.ring(None)  # a ring that does not say its type wakes every loop
     assert await asyncio.gather(*waiters) == [True, True, True]
 
 
@@ -157,9 +163,12 @@ async def test_socket_bell_rings_and_stale_sockets_are_removed(tmp_path: Path) -
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     dead.bind(str(stale))
     dead.close()
-    assert await bell.chime.wait("me", 0.01) is False
-    ring_folder(folder)
-    assert await bell.chime.wait("me", 5) is True
+    bell.chime.mark(["Echo"])
+    assert await bell.chime.wait(["Echo"], 0.01) is False
+    ring_folder(folder, ["Other"])
+    assert await bell.chime.wait(["Echo"], 0.05) is False
+    ring_folder(folder, ["Echo", "Other"])
+    assert await bell.chime.wait(["Echo"], 5) is True
     assert not stale.exists(), "a socket nobody listens on is removed by the next ring"
     bell.close()
     assert os.listdir(folder) == []

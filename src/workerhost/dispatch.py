@@ -48,6 +48,11 @@ from .records import Outcome, TaskError
 from .sources.base import Claimed, RenewsLeases, TaskSource, WaitsForTasks
 from .supervisor import Supervisor
 
+#: Seconds an idle claim loop pauses when the source said "tasks" and the
+#: claim that followed found none, before it waits on the source again: a
+#: source that keeps saying so then costs ~20 claims a second, no more.
+VAIN_RING_PAUSE = 0.05
+
 
 class DispatchState(enum.Enum):
     #: Built, ``start`` not called yet.
@@ -278,7 +283,11 @@ class Dispatcher:
                     rang = await wait_for_tasks(self.source, types, timeout=self.options.poll_max_interval,
                                                 stopping=self._stopping, wake=wake)
                 if rang is None:
-                    await self._sleep(idle * random.uniform(0.5, 1.0))
+                    # Polling; or a pause after the source's word brought nothing
+                    # (a ring for a task another claim took): short, so a task
+                    # sent meanwhile waits no longer than VAIN_RING_PAUSE.
+                    pause = min(idle, VAIN_RING_PAUSE) if waits else idle
+                    await self._sleep(pause * random.uniform(0.5, 1.0))
                     idle = min(idle * 2, self.options.poll_max_interval)
                 rang_in_vain = bool(rang)
                 continue

@@ -5,13 +5,13 @@ that is lost (nobody listening, a full socket buffer, a broker hiccup)
 costs at most the dispatcher's poll interval, never a task.
 
 :class:`Chime` is the listening side's broadcast: every claim loop that
-waits sees every ring, including one that came while it was claiming
-(each caller's last look is kept, so nothing between two waits is missed).
+waits sees every ring for its task types, including one that came while
+it was claiming.
 
 :class:`SocketBell` and :func:`ring_folder` are the embedded queue's bell:
 one datagram socket per listening source in a folder beside the queue
-file (``queue.db.bells/``); a producer sends one byte to each socket it
-finds there after its transaction commits. A socket nobody listens on any
+file (``queue.db.bells/``); a producer sends the task types it queued to
+each socket it finds there after its transaction commits. A socket nobody listens on any
 more (its supervisor died) refuses the datagram and is removed.
 """
 
@@ -22,44 +22,71 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Hashable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from loguru import logger
 
 
 class Chime:
-    """Rings counted and broadcast to every waiter."""
+    """Rings counted per task type and broadcast to every waiter.
+
+    A claim loop marks the count for its task types when it starts a
+    claim; its next wait returns at once if a ring for one of its types
+    came since (during the claim, or between the claim and the wait), so
+    no ring is lost and none is counted twice. Rings carry the task type,
+    so a submit of one type does not wake the claim loops of the others.
+    """
 
     def __init__(self) -> None:
-        self._rings = 0
-        self._seen: dict[Hashable, int] = {}
+        self._by_type: dict[str, int] = {}
+        #: Rings that did not say their type (wake everyone).
+        self._untyped = 0
+        self._marks: dict[tuple[str, ...], int] = {}
         self._waiters: list[asyncio.Future[None]] = []
 
-    def ring(self) -> None:
-        self._rings += 1
+    def _count(self, types: tuple[str, ...]) -> int:
+        return self._untyped + sum(self._by_type.get(t, 0) for t in types)
+
+    def ring(self, task_type: str | None = None) -> None:
+        if task_type is None:
+            self._untyped += 1
+        else:
+            self._by_type[task_type] = self._by_type.get(task_type, 0) + 1
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
 
-    async def wait(self, who: Hashable, timeout: float) -> bool:
-        """True once a ring newer than ``who``'s last look came; False after ``timeout`` s."""
-        seen = self._seen.get(who)
-        self._seen[who] = self._rings
-        if seen is not None and self._rings > seen:
-            return True
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await asyncio.wait_for(fut, max(0.0, timeout))
-        except asyncio.TimeoutError:
-            return False
-        finally:
-            if fut in self._waiters:
-                self._waiters.remove(fut)
-            self._seen[who] = self._rings
-        return True
+    def mark(self, task_types: Sequence[str]) -> None:
+        """A claim of these types starts: rings so far are answered by it."""
+        key = tuple(task_types)
+        self._marks[key] = self._count(key)
+
+    async def wait(self, task_types: Sequence[str], timeout: float) -> bool:
+        """True once a ring for one of these types came since the last claim's mark; False after ``timeout`` s."""
+        key = tuple(task_types)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while True:
+            if self._count(key) > self._marks.setdefault(key, self._count(key)):
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            fut = loop.create_future()
+            self._waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, left)
+            except asyncio.TimeoutError:
+                return False
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+
+
+#: Bytes of one ring: the task types it is for, one per line (empty: any type).
+_MAX_DATAGRAM = 8192
 
 
 def bell_folder(queue_path: Path) -> Path:
@@ -97,10 +124,14 @@ class SocketBell:
 
     def _on_readable(self) -> None:
         assert self._sock is not None
-        with contextlib.suppress(OSError):
-            while self._sock.recv(64):
-                pass
-        self.chime.ring()
+        while True:
+            try:
+                data = self._sock.recv(_MAX_DATAGRAM)
+            except OSError:  # drained (BlockingIOError) or closed
+                return
+            names: list[str | None] = [n for n in data.decode("utf-8", "replace").split("\n") if n]
+            for name in names or [None]:
+                self.chime.ring(name)
 
     def close(self) -> None:
         if self._sock is None:
@@ -114,20 +145,26 @@ class SocketBell:
                 self._path.unlink()
 
 
-def ring_folder(folder: Path) -> None:
-    """Ring every bell in ``folder`` (non-blocking; errors only ever cost a poll interval)."""
+def ring_folder(folder: Path, task_types: Iterable[str] | None = None) -> None:
+    """Ring every bell in ``folder`` for these task types (None: any type).
+
+    Non-blocking; an error only ever costs a poll interval.
+    """
     try:
         names = [n for n in os.listdir(folder) if n.endswith(".sock")]
     except OSError:
         return
     if not names:
         return
+    payload = "\n".join(sorted(set(task_types))).encode() if task_types is not None else b""
+    if len(payload) > _MAX_DATAGRAM:
+        payload = b""  # too many types for one datagram: wake everyone
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         for name in names:
             path = folder / name
             try:
-                sock.sendto(b"!", str(path))
+                sock.sendto(payload, str(path))
             except (ConnectionRefusedError, FileNotFoundError):
                 # Nobody listens there: its supervisor died without cleaning up.
                 with contextlib.suppress(OSError):

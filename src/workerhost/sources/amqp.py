@@ -270,7 +270,7 @@ class AmqpSource:
         return True
 
     async def _on_bell(self, message: AbstractIncomingMessage) -> None:
-        self._chime.ring()
+        self._chime.ring(message.routing_key or None)
 
     async def wait_for_tasks(self, task_types: Sequence[str], timeout: float) -> bool | None:
         """Wait for a producer's ring, or until a retry this source delayed is back in its work queue.
@@ -289,8 +289,8 @@ class AmqpSource:
         if due and min(due) <= now:
             return True
         if due and min(due) - now < timeout:
-            return await self._chime.wait(tuple(task_types), min(due) - now) or True
-        return await self._chime.wait(tuple(task_types), timeout)
+            return await self._chime.wait(task_types, min(due) - now) or True
+        return await self._chime.wait(task_types, timeout)
 
     async def close(self) -> None:
         connection, self._connection, self._declared = self._connection, None, None
@@ -318,6 +318,7 @@ class AmqpSource:
     async def claim(self, task_types: Sequence[str], limit: int) -> list[Claimed]:
         if limit <= 0 or not task_types:
             return []
+        self._chime.mark(task_types)
         start = self._rr % len(task_types)
         self._rr += 1
         out: list[Claimed] = []

@@ -156,12 +156,13 @@ class EmbeddedSource(_Reader):
         due = await self._db.call(store.next_due, list(task_types))
         if due is not None and due - time.time() < timeout:
             # Ends when the retry or the lease falls due, and says so.
-            return await self._bell.chime.wait(tuple(task_types), due - time.time()) or True
-        return await self._bell.chime.wait(tuple(task_types), timeout)
+            return await self._bell.chime.wait(task_types, due - time.time()) or True
+        return await self._bell.chime.wait(task_types, timeout)
 
     async def claim(self, task_types: Sequence[str], limit: int) -> list[Claimed]:
         if not task_types or limit <= 0:
             return []
+        self._bell.chime.mark(task_types)
         state = _ClaimState()
         fut = self._db.submit(self._claim_job, state, list(task_types), limit)
         try:
@@ -207,7 +208,7 @@ class EmbeddedSource(_Reader):
 
     async def release(self, claimed: Claimed) -> None:
         await self._db.call(store.release, [(claimed.task.id, claimed.receipt)])
-        ring_folder(bell_folder(self.path))  # another supervisor on this file may take it now
+        ring_folder(bell_folder(self.path), [claimed.task.type])  # another supervisor on this file may take it now
 
     async def renew(self, claimed: Sequence[Claimed]) -> None:
         lost = await self._db.call(store.renew, [(c.task.id, c.receipt) for c in claimed], lease=self.lease_seconds)
@@ -259,8 +260,9 @@ class EmbeddedProducer(_Reader):
 
     async def submit_items(self, items: Iterable[dict[str, Any]]) -> list[str]:
         """Enqueue many tasks in one transaction ({type, params, priority?, dedupe_key?, metadata?, delay?})."""
-        ids = await self._db.call(store.submit_many, list(items))
-        ring_folder(bell_folder(self.path))
+        items = list(items)
+        ids = await self._db.call(store.submit_many, items)
+        ring_folder(bell_folder(self.path), {str(item.get("type")) for item in items})
         return ids
 
     async def wait(self, task_id: str, *, timeout: float | None = None) -> TaskRecord:
