@@ -131,9 +131,13 @@ def delay_bucket(delay: float) -> int | None:
 class Declared:
     """Declares queues and exchanges once per channel (a robust channel re-declares them after a reconnect)."""
 
-    def __init__(self, channel: AbstractChannel, topology: Topology) -> None:
+    def __init__(self, channel: AbstractChannel, topology: Topology, *,
+                 bell_channel: AbstractChannel | None = None) -> None:
         self.channel = channel
         self.topology = topology
+        #: Rings go out here: a channel without publisher confirms, so a ring
+        #: costs a write, not a round trip (it is only a hint).
+        self.bell_channel = bell_channel or channel
         self._queues: dict[str, AbstractQueue] = {}
         self._delays: dict[int, aio_pika.abc.AbstractExchange] = {}
         self._bell: aio_pika.abc.AbstractExchange | None = None
@@ -173,15 +177,15 @@ class Declared:
 
     async def bell(self) -> aio_pika.abc.AbstractExchange:
         if self._bell is None:
-            self._bell = await self.channel.declare_exchange(self.topology.bell, aio_pika.ExchangeType.FANOUT,
-                                                             durable=True)
+            self._bell = await self.bell_channel.declare_exchange(
+                self.topology.bell, aio_pika.ExchangeType.FANOUT, durable=True)
         return self._bell
 
     async def ring(self, task_types: Iterable[str]) -> None:
         """Tell idle supervisors that tasks of these types were queued (a hint: see :mod:`._doorbell`).
 
-        Published after the tasks on the same channel, so the broker has
-        routed them by the time a supervisor hears the ring. Not mandatory:
+        Call it once the tasks' publishes are confirmed, so the broker has
+        queued them by the time a supervisor hears the ring. Not mandatory:
         with no supervisor listening it is simply dropped.
         """
         exchange = await self.bell()
@@ -250,7 +254,8 @@ class AmqpSource:
         self._connection = await connect(self.config)
         with translated("connect", self.config):
             channel = await self._timed(self._connection.channel(publisher_confirms=True, on_return_raises=True))
-        self._declared = Declared(channel, self.topology)
+            bells = await self._timed(self._connection.channel(publisher_confirms=False))
+        self._declared = Declared(channel, self.topology, bell_channel=bells)
         self._listening = await self._listen_for_bells()
         logger.info("amqp source connected to {}", self.config.display_url)
 

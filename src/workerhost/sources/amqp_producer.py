@@ -64,7 +64,8 @@ class AmqpProducer:
                 self._connection = await connect(self.config)
                 with translated("connect", self.config):
                     channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-                self._declared = Declared(channel, self.topology)
+                    bells = await self._connection.channel(publisher_confirms=False)
+                self._declared = Declared(channel, self.topology, bell_channel=bells)
             return self._declared
 
     async def _replies(self) -> Declared:
