@@ -147,15 +147,42 @@ async def test_fail_dead_letters_and_requeue(pair: tuple[AmqpSource, AmqpProduce
     assert await producer.dead_letters() == []
 
 
-async def test_release_requeues(pair: tuple[AmqpSource, AmqpProducer]) -> None:
+async def test_release_requeues_without_counting_a_try(pair: tuple[AmqpSource, AmqpProducer]) -> None:
     source, producer = pair
-    task_id = await producer.submit("Echo", {})
+    task_id = await producer.submit("Echo", {"keep": "me"})
     [claimed] = await claim_until(source, ["Echo"], 1)
     await source.release(claimed)
     [again] = await claim_until(source, ["Echo"], 1)
-    assert again.task.id == task_id
-    assert again.task.attempt == 2  # documented: the broker marks it redelivered
+    assert again.task.id == task_id and again.task.params == {"keep": "me"}
+    assert again.task.attempt == 1  # handed back at shutdown: that was no try
     await source.complete(again, None)
+    assert (await producer.wait(task_id, timeout=10)).status == "completed"
+
+
+async def test_a_task_that_keeps_losing_its_supervisor_is_dead_lettered(amqp_prefix: str) -> None:
+    config = cfg(amqp_prefix, max_redeliveries=2)
+    producer = AmqpProducer(config, reply_queue="r")
+    try:
+        task_id = await producer.submit("Crash", {})
+        for attempt in (1, 2, 3):
+            doomed = AmqpSource(config)
+            await doomed.connect()
+            [held] = await claim_until(doomed, ["Crash"], 1)
+            assert held.task.id == task_id and held.task.attempt == attempt
+            await doomed.close()  # killed while holding it: the broker hands it back
+        last = AmqpSource(config)
+        await last.connect()
+        try:
+            # The third loss is one more than max_redeliveries: dead, not handed out again.
+            assert await last.claim(["Crash"], 1) == []
+        finally:
+            await last.close()
+        record = await producer.wait(task_id, timeout=10)
+        assert record.status == "dead" and record.error["type"] == "LeaseExpired"
+        assert "3 times" in record.error["message"]
+        assert [r.id for r in await producer.dead_letters()] == [task_id]
+    finally:
+        await producer.close()
 
 
 async def test_a_lost_connection_hands_unacked_tasks_to_another_source(amqp_prefix: str) -> None:
@@ -258,8 +285,10 @@ def test_config_reader_names_the_field(tmp_path: Path) -> None:
         reader.finish()
         return config
 
-    config = read({"url": "amqp://user:s3cret@rabbit:5672/vh", "prefix": "jobs", "result_ttl": 60})
-    assert config.prefix == "jobs" and config.result_ttl == 60
+    config = read({"url": "amqp://user:s3cret@rabbit:5672/vh", "prefix": "jobs", "result_ttl": 60,
+                   "max_redeliveries": 0})
+    assert config.prefix == "jobs" and config.result_ttl == 60 and config.max_redeliveries == 0
+    assert read({}).max_redeliveries == 5
     assert "s3cret" not in repr(config) and "s3cret" not in config.display_url
     with pytest.raises(ConfigError, match=r"task_manager\.url: must be an amqp://") as info:
         read({"url": "http://user:s3cret@rabbit/"})
@@ -268,6 +297,8 @@ def test_config_reader_names_the_field(tmp_path: Path) -> None:
         read({"op_timeout": 0})
     with pytest.raises(ConfigError, match=r"task_manager\.queue: unknown key"):
         read({"queue": "x"})
+    with pytest.raises(ConfigError, match=r"task_manager\.max_redeliveries: must be at least 0"):
+        read({"max_redeliveries": -1})
 
 
 async def test_unreachable_broker_is_a_source_error_without_the_password() -> None:

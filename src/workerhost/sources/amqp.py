@@ -24,9 +24,16 @@ Topology under a ``prefix`` (all durable, persistent messages, publisher confirm
   task again (at-least-once), never loses it.
 - A retry delay is rounded up to the next bucket of :data:`DELAY_BUCKETS`
   (one TTL per queue, so no message waits behind a longer one).
-- release is ``nack(requeue=True)``. The broker marks a requeued message
-  "redelivered", and a redelivered message counts one more attempt: after a
-  release the attempt number may run one ahead.
+- release publishes the task again, unchanged, and acks the message it
+  came in: a task handed back at shutdown does not count a try (a
+  ``nack(requeue=True)`` would come back marked "redelivered", which is how
+  a lost supervisor shows). It goes to the back of its queue.
+- A message that comes back "redelivered" was held by a supervisor that was
+  lost (killed, cut off). Its try counts: the task is published again with
+  one more attempt and an ``x-redeliveries`` header, and the original
+  acked, so the count survives the next loss; past ``max_redeliveries``
+  the task is dead-lettered (LeaseExpired) instead, so a task that takes
+  its supervisor down every time cannot do so forever.
 - The connection is ``connect_robust``: after a broker restart it reconnects
   and re-declares the topology; operations fail fast (``op_timeout``) with
   SourceError meanwhile. Messages held across the break were handed back by
@@ -52,7 +59,7 @@ from loguru import logger
 
 from workerhost._schema import Reader
 from workerhost.errors import SourceError, SourceFatal
-from workerhost.records import Task, TaskError
+from workerhost.records import FailureKind, Task, TaskError
 from workerhost.sources._common import final_status, redact
 from workerhost.sources._doorbell import Chime
 from workerhost.sources.base import Claimed
@@ -79,6 +86,9 @@ class AmqpConfig:
     result_ttl: float = 24 * 3600.0
     #: How long one broker operation may take before it fails (e.g. while reconnecting).
     op_timeout: float = 10.0
+    #: Times a task may be lost with its supervisor (redelivered by the
+    #: broker) before it is dead-lettered instead of handed out again.
+    max_redeliveries: int = 5
 
     @property
     def display_url(self) -> str:
@@ -98,6 +108,7 @@ def read_config(reader: Reader) -> AmqpConfig:
         prefix=prefix,
         result_ttl=float(reader.number("result_ttl", 24 * 3600.0, positive=True)),
         op_timeout=float(reader.number("op_timeout", 10.0, positive=True)),
+        max_redeliveries=int(reader.int("max_redeliveries", 5, minimum=0)),
     )
 
 
@@ -215,7 +226,14 @@ async def connect(config: AmqpConfig) -> AbstractRobustConnection:
             config.op_timeout)
 
 
-def task_message(task: Task, *, reply_to: str | None, priority: int = 0) -> aio_pika.Message:
+#: Header of a task message: how many supervisors were lost while holding it.
+REDELIVERIES = "x-redeliveries"
+
+
+def task_message(task: Task, *, reply_to: str | None, priority: int = 0, redeliveries: int = 0) -> aio_pika.Message:
+    headers: dict[str, Any] = {"x-task-type": task.type}
+    if redeliveries:
+        headers[REDELIVERIES] = redeliveries
     return aio_pika.Message(
         json.dumps(task.to_wire(), separators=(",", ":"), default=str).encode(),
         content_type="application/json",
@@ -225,8 +243,14 @@ def task_message(task: Task, *, reply_to: str | None, priority: int = 0) -> aio_
         reply_to=reply_to,
         priority=max(0, min(10, priority)),
         timestamp=time.time(),
-        headers={"x-task-type": task.type},
+        headers=headers,
     )
+
+
+def redeliveries(message: AbstractIncomingMessage) -> int:
+    """How many supervisors were lost holding this task (its ``x-redeliveries`` header)."""
+    value = (message.headers or {}).get(REDELIVERIES)
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 def reply_message(body: dict[str, Any], *, task_id: str, persistent: bool) -> aio_pika.Message:
@@ -336,6 +360,9 @@ class AmqpSource:
                         message = await queue.get(no_ack=False, fail=False, timeout=self.config.op_timeout)
                         if message is None:
                             break
+                        if message.redelivered:
+                            await self._count_lost(message)
+                            continue  # its copy is at the back of the queue (or dead)
                         out.append(self._take(message))
         except SourceError as exc:
             if not out:
@@ -346,11 +373,26 @@ class AmqpSource:
         return out
 
     def _take(self, message: AbstractIncomingMessage) -> Claimed:
-        task = Task.from_wire(json.loads(message.body))
-        if message.redelivered:
-            # A supervisor held it and died (or gave it back): that try counts.
-            task.attempt += 1
-        return Claimed(task=task, receipt=message)
+        return Claimed(task=Task.from_wire(json.loads(message.body)), receipt=message)
+
+    async def _count_lost(self, message: AbstractIncomingMessage) -> None:
+        """A message whose supervisor was lost holding it: count the try where the next loss can see it."""
+        claimed = self._take(message)
+        task = claimed.task
+        task.attempt += 1  # the lost supervisor's try counts
+        lost = redeliveries(message) + 1
+        log = logger.bind(task_id=task.id)
+        if lost > self.config.max_redeliveries:
+            log.error("amqp: task {} ({}) lost its supervisor {} times; dead-lettered", task.id, task.type, lost)
+            await self.fail(claimed, TaskError(
+                type="LeaseExpired", kind=FailureKind.WORKER_LOST,
+                message=f"its supervisor was lost while holding it {lost} times (max_redeliveries)"))
+            return
+        log.warning("amqp: task {} ({}) came back from a lost supervisor; queued again as attempt {}",
+                    task.id, task.type, task.attempt)
+        copy = task_message(task, reply_to=message.reply_to, priority=message.priority or 0, redeliveries=lost)
+        await self._timed(self.declared.publish_work(copy, task.type))
+        await self._timed(message.ack())
 
     # -- results -------------------------------------------------------------------
     async def complete(self, claimed: Claimed, result: Any) -> None:
@@ -402,6 +444,13 @@ class AmqpSource:
     async def release(self, claimed: Claimed) -> None:
         if self._handed_back(claimed, "release"):
             return
+        message: AbstractIncomingMessage = claimed.receipt
+        copy = task_message(claimed.task, reply_to=message.reply_to, priority=message.priority or 0,
+                            redeliveries=redeliveries(message))
+        with translated("release", self.config):
+            await self._ready()
+            await self._timed(self.declared.publish_work(copy, claimed.task.type))
+            await self._timed(self.declared.ring([claimed.task.type]))
         await self._settle(claimed, "release")
 
     async def progress(self, claimed: Claimed, percent: int, message: str | None) -> None:
@@ -442,13 +491,10 @@ class AmqpSource:
         return False
 
     async def _settle(self, claimed: Claimed, what: str) -> None:
-        """Ack (or requeue on release) a held message; skip one the broker already took back."""
+        """Ack a held message once its fate is recorded; skip one the broker already took back."""
         message: AbstractIncomingMessage = claimed.receipt
         try:
-            if what == "release":
-                await self._timed(message.nack(requeue=True))
-            else:
-                await self._timed(message.ack())
+            await self._timed(message.ack())
         except (AMQPError, RuntimeError, OSError, asyncio.TimeoutError) as exc:
             # The channel it came on is gone (broker restart, connection cut): the
             # broker has requeued the message, so it is no longer ours to settle.
