@@ -32,15 +32,8 @@ from loguru import logger
 from workerhost.errors import SourceError
 from workerhost.producer import FINAL
 from workerhost.records import Task, new_task_id
-from workerhost.sources.amqp import (
-    DELAY_BUCKETS,
-    AmqpConfig,
-    Declared,
-    Topology,
-    connect,
-    task_message,
-    translated,
-)
+from workerhost.sources._amqp_wire import DELAY_BUCKETS, Declared, Topology, task_message
+from workerhost.sources.amqp import AmqpConfig, connect, translated
 from workerhost.sources.base import TaskRecord
 
 
