@@ -271,6 +271,17 @@ async def test_reconnects_after_the_broker_goes_away(amqp_prefix: str) -> None:
         assert new.task.id == second
         await source.complete(new, 2)
         assert (await producer.wait(second, timeout=10)).result == 2
+        # The doorbell came back with the connection: a submit ends an idle wait at once.
+        assert await source.claim(["Echo"], 1) == []
+        waiting = asyncio.ensure_future(source.wait_for_tasks(["Echo"], 30))
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        third = await producer.submit("Echo", {"n": 3})
+        assert await asyncio.wait_for(waiting, 10) is True
+        assert time.monotonic() - t0 < 5
+        [last] = await claim_until(source, ["Echo"], 1)
+        assert last.task.id == third
+        await source.complete(last, 3)
     finally:
         await source.close()
         await producer.close()
