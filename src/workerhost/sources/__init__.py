@@ -10,8 +10,9 @@ config)::
     task_manager:
       type: embedded            # embedded | http | redis | amqp
       prefetch: 1               # tasks claimed per namespace beyond its free workers
-      poll_interval: 0.05       # first wait after an empty claim (doubles ...)
-      poll_max_interval: 1.0    # ... up to this cap
+      poll_interval: 0.05       # first wait after an empty claim, when polling (doubles ...)
+      poll_max_interval: 1.0    # ... up to this cap; a source that can wait for new
+                                # tasks (WaitsForTasks) is still looked at this often
 
 Each type reads its own keys (``read_config`` in its module). The redis and
 amqp modules are imported only when configured.
