@@ -191,6 +191,19 @@ async def test_a_path_too_long_for_a_socket_falls_back_to_polling(tmp_path: Path
         await dispatcher.start()
         try:
             assert await source.wait_for_tasks(["Echo"], 1.0) is None  # no doorbell: the dispatcher polls
+            # ...backing off as polling does (0.05 s doubling to 0.2 s: ~10 claims in 1.5 s), not
+            # at the short pause kept for a ring that brought nothing (~40 claims).
+            claims = 0
+            real_claim = source.claim
+
+            async def counting_claim(*args: Any, **kwargs: Any) -> Any:
+                nonlocal claims
+                claims += 1
+                return await real_claim(*args, **kwargs)
+
+            source.claim = counting_claim  # type: ignore[method-assign]
+            await asyncio.sleep(1.5)
+            assert 3 <= claims <= 20, claims
             task_id = await producer.submit("Echo", {})
             assert (await producer.wait(task_id, timeout=15)).status == "completed"
         finally:

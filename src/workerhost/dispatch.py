@@ -257,8 +257,8 @@ class Dispatcher:
         idle = self.options.poll_interval
         # After an empty claim, a source that can tell when tasks arrive is
         # waited on; if its word was followed by another empty claim, the
-        # next wait is a plain sleep, so a source that keeps saying "maybe"
-        # costs no more than polling.
+        # next wait is a short sleep instead, so a source that keeps saying
+        # "maybe" costs a claim per VAIN_RING_PAUSE, no hot loop.
         waits = isinstance(self.source, WaitsForTasks)
         rang_in_vain = False
         while not self._stopping.is_set():
@@ -283,10 +283,11 @@ class Dispatcher:
                     rang = await wait_for_tasks(self.source, types, timeout=self.options.poll_max_interval,
                                                 stopping=self._stopping, wake=wake)
                 if rang is None:
-                    # Polling; or a pause after the source's word brought nothing
-                    # (a ring for a task another claim took): short, so a task
-                    # sent meanwhile waits no longer than VAIN_RING_PAUSE.
-                    pause = min(idle, VAIN_RING_PAUSE) if waits else idle
+                    # Polling (the source cannot wait); or a pause after the
+                    # source's word brought nothing (a ring for a task another
+                    # claim took): short, so a task sent meanwhile waits no
+                    # longer than VAIN_RING_PAUSE.
+                    pause = min(idle, VAIN_RING_PAUSE) if rang_in_vain else idle
                     await self._sleep(pause * random.uniform(0.5, 1.0))
                     idle = min(idle * 2, self.options.poll_max_interval)
                 rang_in_vain = bool(rang)
