@@ -153,6 +153,8 @@ class EmbeddedSource(_Reader):
         """
         if not self._listening:
             return None
+        if not task_types:
+            return False
         due = await self._db.call(store.next_due, list(task_types))
         if due is not None and due - time.time() < timeout:
             # Ends when the retry or the lease falls due, and says so.
