@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from ._common import WORKERS, cpu_seconds, now, payload, rss_bytes, us
-from .supervisor import make_supervisor, namespace
+from .supervisor import make_supervisor, namespace, round_trips
 
 COMMAND = [sys.executable, "-m", "prismq_worker_sdk", "--oneshot", "bench_handlers:echo"]
 
@@ -50,21 +50,8 @@ def _oneshot_ns(workers: int = 1) -> dict[str, Any]:
 
 async def oneshot(*, samples: dict[str, int], warmup: int = 1) -> dict[str, Any]:
     """Sequential round trips through the supervisor's ``mode: oneshot`` (µs)."""
-    out: dict[str, list[float]] = {}
     async with make_supervisor([_oneshot_ns()]) as sup:
-        for name, n in samples.items():
-            params = payload(name)
-            for _ in range(warmup):
-                (await sup.run("echo", params)).unwrap()
-            times = []
-            for _ in range(n):
-                t0 = now()
-                r = await sup.run("echo", params)
-                times.append(us(now() - t0))
-                if not r.ok:
-                    raise RuntimeError(f"task failed: {r.error}")
-            out[name] = times
-    return {"samples_us": out}
+        return {"samples_us": await round_trips(sup, samples=samples, warmup=warmup)}
 
 
 async def oneshot_throughput(*, workers: int, tasks: int, payload_name: str = "noop") -> dict[str, Any]:

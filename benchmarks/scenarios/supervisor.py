@@ -31,22 +31,28 @@ def make_supervisor(namespaces: list[dict[str, Any]], *, log_level: str = "WARNI
 
 async def latency(*, codec: str, samples: dict[str, int], warmup: int, log_level: str = "WARNING") -> dict[str, Any]:
     """Sequential round trips through ``Supervisor.run``, one task at a time, per payload (µs)."""
-    out: dict[str, list[float]] = {}
     async with make_supervisor([namespace("echo", codec=codec)], log_level=log_level) as sup:
-        for name, n in samples.items():
-            params = payload(name)
-            for _ in range(warmup):
-                (await sup.run("echo", params)).unwrap()
-            times = []
-            for _ in range(n):
-                t0 = now()
-                r = await sup.run("echo", params)
-                times.append(us(now() - t0))
-                if not r.ok:
-                    raise RuntimeError(f"task failed: {r.error}")
-            out[name] = times
+        out = await round_trips(sup, samples=samples, warmup=warmup)
         rss = rss_bytes()
     return {"samples_us": out, "supervisor_rss_bytes": rss}
+
+
+async def round_trips(sup: Any, *, samples: dict[str, int], warmup: int) -> dict[str, list[float]]:
+    """``samples[payload]`` sequential ``echo`` tasks per payload, after ``warmup`` unmeasured ones (µs each)."""
+    out: dict[str, list[float]] = {}
+    for name, n in samples.items():
+        params = payload(name)
+        for _ in range(warmup):
+            (await sup.run("echo", params)).unwrap()
+        times = []
+        for _ in range(n):
+            t0 = now()
+            r = await sup.run("echo", params)
+            times.append(us(now() - t0))
+            if not r.ok:
+                raise RuntimeError(f"task failed: {r.error}")
+        out[name] = times
+    return out
 
 
 async def throughput(*, codec: str, workers: int, tasks: int, payload_name: str = "noop") -> dict[str, Any]:

@@ -63,8 +63,17 @@ class Chime:
         key = tuple(task_types)
         self._marks[key] = self._count(key)
 
-    async def wait(self, task_types: Sequence[str], timeout: float) -> bool:
-        """True once a ring for one of these types came since the last claim's mark; False after ``timeout`` s."""
+    async def wait(self, task_types: Sequence[str], timeout: float, *, due_in: float | None = None) -> bool:
+        """True once a ring for one of these types came since the last claim's mark; False after ``timeout`` s.
+
+        ``due_in``: seconds until a task becomes claimable with nobody ringing
+        (a delayed retry, an expired lease); the wait ends then, with True.
+        """
+        if due_in is not None and due_in < timeout:
+            return await self._wait(task_types, due_in) or True
+        return await self._wait(task_types, timeout)
+
+    async def _wait(self, task_types: Sequence[str], timeout: float) -> bool:
         key = tuple(task_types)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)

@@ -197,11 +197,7 @@ class AmqpSource:
         self._due = [(at, t) for at, t in self._due if at > now - DUE_GRACE]
         wanted = set(task_types)
         due = [at for at, task_type in self._due if task_type in wanted]
-        if due and min(due) <= now:
-            return True
-        if due and min(due) - now < timeout:
-            return await self._chime.wait(task_types, min(due) - now) or True
-        return await self._chime.wait(task_types, timeout)
+        return await self._chime.wait(task_types, timeout, due_in=min(due) - now if due else None)
 
     async def close(self) -> None:
         connection, self._connection, self._declared = self._connection, None, None

@@ -156,10 +156,7 @@ class EmbeddedSource(_Reader):
         if not task_types:
             return False
         due = await self._db.call(store.next_due, list(task_types))
-        if due is not None and due - time.time() < timeout:
-            # Ends when the retry or the lease falls due, and says so.
-            return await self._bell.chime.wait(task_types, due - time.time()) or True
-        return await self._bell.chime.wait(task_types, timeout)
+        return await self._bell.chime.wait(task_types, timeout, due_in=None if due is None else due - time.time())
 
     async def claim(self, task_types: Sequence[str], limit: int) -> list[Claimed]:
         if not task_types or limit <= 0:
